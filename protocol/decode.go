@@ -45,7 +45,7 @@ func (d *Decoder) Decode(raw *Raw) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	body, err := d.DecodeBody(raw.ContentType, raw.ContentEncoding, compression, raw.Body)
+	format, data, err := d.prepare(raw.ContentType, raw.ContentEncoding, compression, raw.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -57,13 +57,27 @@ func (d *Decoder) Decode(raw *Raw) (*Message, error) {
 	if compression != "" {
 		m.Compression, _ = CompressionType(compression)
 	}
-	if _, ok := raw.Headers["task"]; ok {
+	_, v2 := raw.Headers["task"]
+	var body any
+	if v2 && format == ContentTypeJSON {
+		// The hot path: read [args, kwargs, embed] straight into m.
+		jd := jsonDecoder{data: data, maxDepth: d.maxDepth()}
+		err = jd.bodyV2(m)
+	} else {
+		body, err = d.unmarshal(format, data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if v2 {
 		m.Protocol = 2
 		if err := m.fromHeaders(raw.Headers); err != nil {
 			return nil, err
 		}
-		if err := m.fromBodyV2(body); err != nil {
-			return nil, err
+		if format != ContentTypeJSON {
+			if err := m.fromBodyV2(body); err != nil {
+				return nil, err
+			}
 		}
 	} else if bm, ok := body.(map[string]any); ok && bm["task"] != nil {
 		m.Protocol = 1
@@ -89,9 +103,33 @@ func (d *Decoder) Decode(raw *Raw) (*Message, error) {
 // DecodeBody checks the size, decompresses and deserializes a body by its
 // content type, as kombu's Message.decode does.
 func (d *Decoder) DecodeBody(contentType, contentEncoding, compression string, body []byte) (any, error) {
+	format, data, err := d.prepare(contentType, contentEncoding, compression, body)
+	if err != nil {
+		return nil, err
+	}
+	return d.unmarshal(format, data)
+}
+
+func (d *Decoder) maxDepth() int {
+	if d.MaxDepth > 0 {
+		return d.MaxDepth
+	}
+	return DefaultMaxDepth
+}
+
+func (d *Decoder) unmarshal(format string, data []byte) (any, error) {
+	if format == ContentTypeMsgpack {
+		return UnmarshalMsgpack(data, d.MaxDepth)
+	}
+	return UnmarshalJSON(data, d.MaxDepth)
+}
+
+// prepare checks the size and content type and decompresses; it returns
+// ContentTypeJSON or ContentTypeMsgpack and the bytes to parse.
+func (d *Decoder) prepare(contentType, contentEncoding, compression string, body []byte) (string, []byte, error) {
 	limit := d.maxBody()
 	if len(body) > limit {
-		return nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrTooLarge, len(body), limit)
+		return "", nil, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrTooLarge, len(body), limit)
 	}
 	ct := strings.ToLower(strings.TrimSpace(contentType))
 	if i := strings.IndexByte(ct, ';'); i >= 0 { // "application/json; charset=utf-8"
@@ -99,30 +137,33 @@ func (d *Decoder) DecodeBody(contentType, contentEncoding, compression string, b
 	}
 	switch ct {
 	case ContentTypePickle:
-		return nil, &ContentTypeError{contentType, "pickle is never deserialized (Python code execution); send json or msgpack"}
+		return "", nil, &ContentTypeError{contentType, "pickle is never deserialized (Python code execution); send json or msgpack"}
 	case ContentTypeYAML:
-		return nil, &ContentTypeError{contentType, "yaml is not accepted; send json or msgpack"}
+		return "", nil, &ContentTypeError{contentType, "yaml is not accepted; send json or msgpack"}
 	}
 	if !d.accepts(ct) {
-		return nil, &ContentTypeError{contentType, "not in the accepted content types"}
+		return "", nil, &ContentTypeError{contentType, "not in the accepted content types"}
 	}
-	if compression != "" {
-		var err error
-		if body, err = Decompress(compression, body, limit); err != nil {
-			return nil, err
-		}
-	}
+	var format string
 	switch ct {
 	case ContentTypeJSON:
 		enc := strings.ToLower(contentEncoding)
 		if enc != "" && enc != "utf-8" && enc != "utf8" && enc != "ascii" && enc != "us-ascii" {
-			return nil, &ContentTypeError{contentType + "; encoding " + contentEncoding, "JSON must be UTF-8"}
+			return "", nil, &ContentTypeError{contentType + "; encoding " + contentEncoding, "JSON must be UTF-8"}
 		}
-		return UnmarshalJSON(body, d.MaxDepth)
+		format = ContentTypeJSON
 	case ContentTypeMsgpack, "application/msgpack":
-		return UnmarshalMsgpack(body, d.MaxDepth)
+		format = ContentTypeMsgpack
+	default:
+		return "", nil, &ContentTypeError{contentType, "no decoder for it"}
 	}
-	return nil, &ContentTypeError{contentType, "no decoder for it"}
+	if compression != "" {
+		var err error
+		if body, err = Decompress(compression, body, limit); err != nil {
+			return "", nil, err
+		}
+	}
+	return format, body, nil
 }
 
 func (d *Decoder) accepts(ct string) bool {
@@ -147,10 +188,20 @@ func (d *Decoder) accepts(ct string) bool {
 }
 
 func (m *Message) fromHeaders(h map[string]any) error {
+	// Count the standard headers present: when that is all of h, the scan
+	// for custom headers can be skipped (most messages have none).
+	present := 0
+	get := func(k string) any {
+		v, ok := h[k]
+		if ok {
+			present++
+		}
+		return v
+	}
 	var err error
 	str := func(field string, dst *string) {
 		if err == nil {
-			*dst, err = asString(field, h[field])
+			*dst, err = asString(field, get(field))
 		}
 	}
 	str("task", &m.Task)
@@ -166,34 +217,38 @@ func (m *Message) fromHeaders(h map[string]any) error {
 	if err != nil {
 		return err
 	}
-	if m.ETA, err = asTime("eta", h["eta"]); err != nil {
+	if m.ETA, err = asTime("eta", get("eta")); err != nil {
 		return err
 	}
-	if m.Expires, err = asTime("expires", h["expires"]); err != nil {
+	if m.Expires, err = asTime("expires", get("expires")); err != nil {
 		return err
 	}
-	if m.GroupIndex, err = asOptInt("group_index", h["group_index"]); err != nil {
+	if m.GroupIndex, err = asOptInt("group_index", get("group_index")); err != nil {
 		return err
 	}
-	if m.Retries, err = asInt("retries", h["retries"]); err != nil {
+	if m.Retries, err = asInt("retries", get("retries")); err != nil {
 		return err
 	}
-	if m.TimeLimit, err = asTimeLimit(h["timelimit"]); err != nil {
+	if m.TimeLimit, err = asTimeLimit(get("timelimit")); err != nil {
 		return err
 	}
-	if m.IgnoreResult, err = asBool("ignore_result", h["ignore_result"]); err != nil {
+	if m.IgnoreResult, err = asBool("ignore_result", get("ignore_result")); err != nil {
 		return err
 	}
-	if m.ReplacedTaskNesting, err = asInt("replaced_task_nesting", h["replaced_task_nesting"]); err != nil {
+	if m.ReplacedTaskNesting, err = asInt("replaced_task_nesting", get("replaced_task_nesting")); err != nil {
 		return err
 	}
-	if m.StampedHeaders, err = asStrings("stamped_headers", h["stamped_headers"]); err != nil {
+	if m.StampedHeaders, err = asStrings("stamped_headers", get("stamped_headers")); err != nil {
 		return err
 	}
-	if m.Stamps, err = asMap("stamps", h["stamps"]); err != nil {
+	if m.Stamps, err = asMap("stamps", get("stamps")); err != nil {
 		return err
 	}
-	m.customHeaders(h)
+	get("compression")
+	get("meth")
+	if len(h) > present {
+		m.customHeaders(h)
+	}
 	return nil
 }
 
@@ -296,7 +351,7 @@ func (m *Message) fromBodyV1(b map[string]any) error {
 	}); err != nil {
 		return err
 	}
-	m.RootID = m.ID
+	// Like proto1_to_proto2, v1 leaves root_id and parent_id unset.
 	return nil
 }
 

@@ -162,21 +162,11 @@ func (d *jsonDecoder) object() (any, error) {
 		if d.pos >= len(d.data) || d.data[d.pos] != '"' {
 			return nil, d.errf("expected string key in object")
 		}
-		k, err := d.str()
+		k, v, err := d.member()
 		if err != nil {
 			return nil, err
 		}
-		d.skipSpace()
-		if d.pos >= len(d.data) || d.data[d.pos] != ':' {
-			return nil, d.errf("expected ':' after object key")
-		}
-		d.pos++
-		d.skipSpace()
-		v, err := d.value()
-		if err != nil {
-			return nil, err
-		}
-		obj[k.(string)] = v
+		obj[k] = v
 		d.skipSpace()
 		if d.pos >= len(d.data) {
 			return nil, d.errf("unexpected end of input in object")
@@ -195,6 +185,80 @@ func (d *jsonDecoder) object() (any, error) {
 			return nil, d.errf("expected ',' or '}' in object")
 		}
 	}
+}
+
+// member reads `"key": value` with the cursor on the key's quote.
+func (d *jsonDecoder) member() (string, any, error) {
+	k, err := d.key()
+	if err != nil {
+		return "", nil, err
+	}
+	d.skipSpace()
+	if d.pos >= len(d.data) || d.data[d.pos] != ':' {
+		return "", nil, d.errf("expected ':' after object key")
+	}
+	d.pos++
+	d.skipSpace()
+	v, err := d.value()
+	return k, v, err
+}
+
+// key reads an object key, returning the keys Celery repeats in every
+// message without allocating.
+func (d *jsonDecoder) key() (string, error) {
+	end := d.pos + 1
+	for end < len(d.data) && d.data[end] != '"' && d.data[end] != '\\' && d.data[end] >= 0x20 {
+		end++
+	}
+	if end < len(d.data) && d.data[end] == '"' {
+		if k, ok := internKey(d.data[d.pos+1 : end]); ok {
+			d.pos = end + 1
+			return k, nil
+		}
+	}
+	v, err := d.str()
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
+}
+
+func internKey(b []byte) (string, bool) {
+	switch string(b) { // the compiler does not allocate for this conversion
+	case "callbacks":
+		return "callbacks", true
+	case "errbacks":
+		return "errbacks", true
+	case "chain":
+		return "chain", true
+	case "chord":
+		return "chord", true
+	case "task":
+		return "task", true
+	case "args":
+		return "args", true
+	case "kwargs":
+		return "kwargs", true
+	case "options":
+		return "options", true
+	case "subtask_type":
+		return "subtask_type", true
+	case "immutable":
+		return "immutable", true
+	case "task_id":
+		return "task_id", true
+	case "reply_to":
+		return "reply_to", true
+	case "group_id":
+		return "group_id", true
+	case "group_index":
+		return "group_index", true
+	case "__type__":
+		return "__type__", true
+	case "__value__":
+		return "__value__", true
+	}
+	return "", false
 }
 
 // kombuTag converts {"__type__": marker, "__value__": v} as kombu's
@@ -453,4 +517,125 @@ func (d *jsonDecoder) hex4() (rune, bool) {
 	}
 	d.pos += 4
 	return r, true
+}
+
+// bodyV2 parses a protocol v2 JSON body, [args, kwargs, embed], into m
+// without building the intermediate embed map.
+func (d *jsonDecoder) bodyV2(m *Message) error {
+	if !utf8.Valid(d.data) {
+		return &SyntaxError{"json", 0, "not valid UTF-8"}
+	}
+	bad := func(what string) error {
+		return fmt.Errorf("%w: v2 body must be [args, kwargs, embed]: %s", ErrMalformed, what)
+	}
+	expect := func(c byte) bool {
+		d.skipSpace()
+		if d.pos < len(d.data) && d.data[d.pos] == c {
+			d.pos++
+			return true
+		}
+		return false
+	}
+	d.skipSpace()
+	if d.pos >= len(d.data) || d.data[d.pos] != '[' {
+		return bad("not an array")
+	}
+	if err := d.enter(); err != nil {
+		return err
+	}
+	d.pos++
+	d.skipSpace()
+	args, err := d.value()
+	if err != nil {
+		return err
+	}
+	if m.Args, err = asList("args", args); err != nil {
+		return err
+	}
+	if !expect(',') {
+		return bad("missing kwargs")
+	}
+	d.skipSpace()
+	kwargs, err := d.value()
+	if err != nil {
+		return err
+	}
+	if m.Kwargs, err = asMap("kwargs", kwargs); err != nil {
+		return err
+	}
+	if !expect(',') {
+		return bad("missing embed")
+	}
+	d.skipSpace()
+	if d.pos < len(d.data) && d.data[d.pos] == '{' {
+		if err := d.embed(m); err != nil {
+			return err
+		}
+	} else if v, err := d.value(); err != nil {
+		return err
+	} else if v != nil {
+		return fieldErr("embed", v, "an object")
+	}
+	if !expect(']') {
+		return bad("more than 3 elements")
+	}
+	d.skipSpace()
+	if d.pos != len(d.data) {
+		return d.errf("trailing data")
+	}
+	return nil
+}
+
+func (d *jsonDecoder) embed(m *Message) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	d.pos++ // '{'
+	d.skipSpace()
+	if d.pos < len(d.data) && d.data[d.pos] == '}' {
+		d.pos++
+		d.depth--
+		return nil
+	}
+	for {
+		d.skipSpace()
+		if d.pos >= len(d.data) || d.data[d.pos] != '"' {
+			return d.errf("expected string key in embed")
+		}
+		k, v, err := d.member()
+		if err != nil {
+			return err
+		}
+		switch k {
+		case "callbacks":
+			m.Callbacks, err = SignaturesFrom(v)
+		case "errbacks":
+			m.Errbacks, err = SignaturesFrom(v)
+		case "chain":
+			m.Chain, err = SignaturesFrom(v)
+		case "chord":
+			if v != nil {
+				var s Signature
+				s, err = SignatureFrom(v)
+				m.Chord = &s
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", k, err)
+		}
+		d.skipSpace()
+		if d.pos >= len(d.data) {
+			return d.errf("unexpected end of input in embed")
+		}
+		switch d.data[d.pos] {
+		case ',':
+			d.pos++
+		case '}':
+			d.pos++
+			d.depth--
+			return nil
+		default:
+			return d.errf("expected ',' or '}' in embed")
+		}
+	}
 }

@@ -63,7 +63,7 @@ func (m *Message) RequestDict() map[string]any {
 		"chain":                 sigMaps(m.Chain),
 		"chord":                 chord,
 		"correlation_id":        nilIfEmpty(m.Properties.CorrelationID),
-		"reply_to":              nilIfEmpty(m.Properties.ReplyTo),
+		"reply_to":              m.Properties.ReplyTo,
 		"delivery_mode":         int64(m.Properties.DeliveryMode),
 		"priority":              int64(m.Properties.Priority),
 		"content_type":          m.ContentType,
