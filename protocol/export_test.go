@@ -25,7 +25,7 @@ func exportCases() []struct {
 		time.Date(2030, 1, 2, 3, 4, 5, 678901000, time.UTC), Date{2030, 1, 2}, TimeOfDay{3, 4, 5, 678901, ""},
 		Decimal("1.10"), uuid.MustParse("12345678-1234-5678-1234-567812345678"), []byte("abc"), []byte{0xff, 0},
 	}
-	numbers := []any{int64(1<<53 + 1), int64(math.MaxInt64), int64(math.MinInt64), big70, 0.1, 1e16, -0.0, 1234567.0}
+	numbers := []any{int64(1<<53 + 1), int64(math.MaxInt64), int64(math.MinInt64), big70, 0.1, 1e16, math.Copysign(0, -1), 1234567.0}
 	chordBody := Signature{Task: "proj.tsum", Options: map[string]any{"task_id": "go-body", "group_id": "go-group"}}
 	full := fullMessage()
 	full.ID, full.Properties.CorrelationID = "go-full", "go-full"

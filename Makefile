@@ -1,0 +1,30 @@
+# Test entry point (also used by .ci/run). services.sh provisions RabbitMQ,
+# Redis, .venv and staticcheck; it is a no-op when all are already there.
+SHELL := /bin/bash
+GOBIN := $(shell go env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+
+.PHONY: test services vet staticcheck gotest pytest vectors
+
+test: services vet staticcheck gotest pytest
+
+services:
+	scripts/services.sh
+
+vet:
+	go vet ./...
+
+staticcheck:
+	staticcheck ./...
+
+gotest:
+	go test -race -count=1 ./...
+
+# interop/python always contains tests, so pytest's exit 5 ("no tests
+# collected") cannot happen silently; it would fail the build.
+pytest:
+	.venv/bin/pytest -q interop/python
+
+# Regenerate protocol/testdata/vectors from the pinned Celery/kombu.
+vectors: services
+	.venv/bin/python interop/python/gen_vectors.py
