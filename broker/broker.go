@@ -1,0 +1,105 @@
+// Package broker defines what travels between a message broker and the
+// worker or producer: deliveries, publishings and queue declarations.
+// Transports live in subpackages (broker/amqp, broker/redis); the packages
+// that use a transport define the small interface they need.
+package broker
+
+import (
+	"errors"
+
+	"github.com/gocelery/gocelery/protocol"
+)
+
+// ErrClosed is returned by operations on a transport after Close.
+var ErrClosed = errors.New("broker: closed")
+
+// ErrUnroutable is returned by Publish when a mandatory message reached no
+// queue: nothing is silently lost.
+var ErrUnroutable = errors.New("broker: message unroutable")
+
+// ErrStaleDelivery is returned by Ack or Reject on a delivery whose
+// channel or connection has gone; the broker redelivers it.
+var ErrStaleDelivery = errors.New("broker: delivery belongs to a closed channel")
+
+// Queue declares a queue as Celery's kombu.Queue does. The zero values give
+// Celery's defaults: a durable queue bound to a direct exchange of the same
+// name with the queue name as routing key.
+type Queue struct {
+	Name         string
+	Exchange     string // "" means Name
+	ExchangeType string // "direct" (default), "topic", "fanout"
+	RoutingKey   string // "" means Name
+	// Transient declares a non-durable queue and exchange.
+	Transient  bool
+	AutoDelete bool
+	// MaxPriority sets x-max-priority (RabbitMQ priorities, 0 = none).
+	MaxPriority int
+	// Quorum sets x-queue-type: quorum.
+	Quorum bool
+	// Arguments are extra x-arguments, passed as they are.
+	Arguments map[string]any
+}
+
+// ExchangeName returns the exchange, defaulting to the queue name.
+func (q Queue) ExchangeName() string {
+	if q.Exchange == "" {
+		return q.Name
+	}
+	return q.Exchange
+}
+
+// Key returns the binding routing key, defaulting to the queue name.
+func (q Queue) Key() string {
+	if q.RoutingKey == "" {
+		return q.Name
+	}
+	return q.RoutingKey
+}
+
+// Kind returns the exchange type, defaulting to "direct".
+func (q Queue) Kind() string {
+	if q.ExchangeType == "" {
+		return "direct"
+	}
+	return q.ExchangeType
+}
+
+// Acknowledger settles a delivery with the transport it came from.
+type Acknowledger interface {
+	Ack(d *Delivery) error
+	Reject(d *Delivery, requeue bool) error
+}
+
+// Delivery is one message received from a queue.
+type Delivery struct {
+	protocol.Raw
+	Queue       string // the queue it was consumed from
+	Exchange    string
+	RoutingKey  string
+	Redelivered bool
+	// Tag identifies the delivery to its transport (AMQP delivery tag,
+	// kombu's delivery_tag UUID on Redis).
+	Tag string
+	// Acker settles the delivery; set by the transport.
+	Acker Acknowledger
+	// Transport-specific state (the AMQP channel generation, the Redis
+	// envelope) lives behind Acker.
+	Private any
+}
+
+// Ack acknowledges the delivery: the broker forgets the message.
+func (d *Delivery) Ack() error { return d.Acker.Ack(d) }
+
+// Reject gives the message back to the broker (requeue) or drops it (to
+// the queue's dead-letter exchange, when it has one).
+func (d *Delivery) Reject(requeue bool) error { return d.Acker.Reject(d, requeue) }
+
+// Publishing is a message to send.
+type Publishing struct {
+	protocol.Raw
+	Exchange   string // "" is the default exchange: RoutingKey names the queue
+	RoutingKey string
+	// Mandatory makes an unroutable message an ErrUnroutable error
+	// instead of a silent drop.
+	Mandatory bool
+}
