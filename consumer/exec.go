@@ -1,0 +1,282 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
+)
+
+// outcome is what running a handler gave.
+type outcome struct {
+	value     any
+	err       error
+	traceback string // set for panics
+	hardLimit bool   // the hard time limit expired first
+}
+
+func pick(p *bool, def bool) bool {
+	if p != nil {
+		return *p
+	}
+	return def
+}
+
+// limits resolves the time limits: the message's, else the task's.
+func limits(j *job) (hard, soft time.Duration) {
+	hard, soft = j.req.TimeLimit.Hard, j.req.TimeLimit.Soft
+	if hard == 0 {
+		hard = j.opts.TimeLimit
+	}
+	if soft == 0 {
+		soft = j.opts.SoftTimeLimit
+	}
+	return hard, soft
+}
+
+// execute runs one task with Celery's ack, state and retry semantics.
+func (w *Worker) execute(j *job) {
+	w.active.Add(1)
+	defer w.active.Add(-1)
+	defer w.processed.Add(1)
+	r := j.req
+	// Celery checks expiry again just before execution.
+	if w.expired(j) {
+		return
+	}
+	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
+	if !acksLate {
+		w.ack(j.d) // early ack: at execution start, not at receipt
+	}
+	ignore := r.IgnoreResult || j.opts.IgnoreResult
+	if pick(j.opts.TrackStarted, w.cfg.TrackStarted) && !ignore {
+		w.store(w.meta(r, results.Started, results.StartedResult(w.pid, w.cfg.Hostname)))
+	}
+	start := time.Now()
+	o := w.call(j)
+	runtime := time.Since(start)
+
+	settleLate := func(ok bool, requeue bool) {
+		if !acksLate {
+			return
+		}
+		if ok {
+			w.ack(j.d)
+		} else {
+			w.reject(j.d, requeue)
+		}
+	}
+	acksOnFailure := pick(w.cfg.AcksOnFailure, true)
+
+	var retryErr *RetryError
+	var rejectErr *RejectError
+	switch {
+	case o.hardLimit:
+		hard, _ := limits(j)
+		w.abandoned.Add(1)
+		w.log.Error("Hard time limit exceeded: handler abandoned", "task", r.Name(), "id", r.ID, "limit", hard)
+		if !ignore {
+			w.store(w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""))
+		}
+		settleLate(acksOnFailure, true)
+	case o.err == nil:
+		w.log.Info(fmt.Sprintf("Task %s[%s] succeeded in %.6fs: %s", r.Name(), r.ID, runtime.Seconds(), protocol.Repr(o.value)))
+		if !ignore {
+			w.store(w.meta(r, results.Success, o.value))
+		}
+		settleLate(true, false)
+	case errors.Is(o.err, ErrIgnore):
+		settleLate(true, false)
+	case errors.As(o.err, &rejectErr):
+		w.log.Info("Task rejected", "task", r.Name(), "id", r.ID, "requeue", rejectErr.Requeue, "reason", rejectErr.Reason)
+		if acksLate {
+			w.reject(j.d, rejectErr.Requeue)
+		}
+		if !rejectErr.Requeue && !ignore {
+			w.store(w.failureMeta(r, results.Reject(rejectErr.Reason, false), ""))
+		}
+	case errors.As(o.err, &retryErr):
+		w.retry(j, retryErr, ignore, acksLate)
+	case j.opts.AutoRetryFor != nil && j.opts.AutoRetryFor(o.err):
+		w.retry(j, &RetryError{Countdown: backoff(j.opts, r.Retries), Err: o.err}, ignore, acksLate)
+	default:
+		w.log.Error(fmt.Sprintf("Task %s[%s] raised unexpected: %v", r.Name(), r.ID, o.err))
+		if !ignore {
+			w.store(w.failureMeta(r, w.exception(j, o.err), o.traceback))
+		}
+		settleLate(acksOnFailure, false)
+	}
+}
+
+// exception maps a handler error to the Python exception stored.
+func (w *Worker) exception(j *job, err error) *results.Exception {
+	if _, soft := limits(j); soft > 0 && errors.Is(err, context.DeadlineExceeded) {
+		return &results.Exception{Type: "SoftTimeLimitExceeded", Module: "celery.exceptions", Message: []any{fmt.Sprintf("SoftTimeLimitExceeded(%s,)", protocol.Repr(soft.Seconds()))}}
+	}
+	return results.ExceptionFrom(err)
+}
+
+func (w *Worker) failureMeta(r *Request, exc *results.Exception, traceback string) *results.Meta {
+	m := w.meta(r, results.Failure, exc)
+	if traceback == "" {
+		traceback = fmt.Sprintf("Traceback (most recent call last):\n  Go task %s[%s] on %s\n%s: %s\n", r.Task, r.ID, w.cfg.Hostname, exc.Type, exc.Error())
+	}
+	m.Traceback = traceback
+	return m
+}
+
+// call runs the handler under the task's time limits. The soft limit
+// cancels the handler's context; the hard limit stops waiting for it (a
+// goroutine cannot be killed) so the worker stays healthy.
+func (w *Worker) call(j *job) outcome {
+	hard, soft := limits(j)
+	ctx, cancel := context.WithCancel(w.taskCtx)
+	defer cancel()
+	if soft > 0 {
+		ctx, cancel = context.WithTimeout(ctx, soft)
+		defer cancel()
+	}
+	ctx = WithRequest(ctx, j.req)
+	if hard <= 0 {
+		return safeCall(ctx, j)
+	}
+	ch := make(chan outcome, 1)
+	go func() { ch <- safeCall(ctx, j) }()
+	timer := time.NewTimer(hard)
+	defer timer.Stop()
+	select {
+	case o := <-ch:
+		return o
+	case <-timer.C:
+		return outcome{hardLimit: true}
+	}
+}
+
+func safeCall(ctx context.Context, j *job) (o outcome) {
+	defer func() {
+		if p := recover(); p != nil {
+			o = outcome{err: fmt.Errorf("panic: %v", p), traceback: fmt.Sprintf("Go panic in task %s[%s]: %v\n\n%s", j.req.Task, j.req.ID, p, debug.Stack())}
+		}
+	}()
+	v, err := j.h.ServeTask(ctx, j.req)
+	return outcome{value: v, err: err}
+}
+
+// backoff is Celery's get_exponential_backoff_interval: min(max,
+// factor * 2^retries), with full jitter.
+func backoff(o TaskOptions, retries int) time.Duration {
+	factor := o.RetryBackoff
+	if factor <= 0 {
+		factor = time.Second
+	}
+	maxDelay := o.RetryBackoffMax
+	if maxDelay <= 0 {
+		maxDelay = 600 * time.Second
+	}
+	d := maxDelay
+	if retries < 32 {
+		d = min(maxDelay, factor*time.Duration(1<<retries))
+	}
+	if o.RetryJitter {
+		d = time.Duration(rand.Int64N(int64(d) + 1))
+	}
+	return d
+}
+
+// retry republishes the task as Celery's Task.retry does: same id,
+// retries+1, an ETA, parent_id = own id; stores RETRY; settles the
+// current message. Past max_retries the task fails instead.
+func (w *Worker) retry(j *job, re *RetryError, ignore, acksLate bool) {
+	r := j.req
+	maxRetries := 3
+	if j.opts.MaxRetries != nil {
+		maxRetries = *j.opts.MaxRetries
+	}
+	if re.MaxRetries != nil {
+		maxRetries = *re.MaxRetries
+	}
+	if maxRetries >= 0 && r.Retries+1 > maxRetries {
+		var exc *results.Exception
+		if re.Err != nil {
+			exc = results.ExceptionFrom(re.Err)
+		} else {
+			exc = results.ExceptionFrom(&MaxRetriesExceededError{Task: r.Task, ID: r.ID, Max: maxRetries})
+		}
+		w.log.Error("Task retry limit exceeded", "task", r.Name(), "id", r.ID, "retries", r.Retries, "max_retries", maxRetries)
+		if !ignore {
+			w.store(w.failureMeta(r, exc, ""))
+		}
+		if acksLate {
+			w.ack(j.d)
+		}
+		return
+	}
+	eta := re.ETA
+	if eta.IsZero() {
+		delay := re.Countdown
+		if delay == 0 {
+			delay = j.opts.DefaultRetryDelay
+		}
+		if delay == 0 {
+			delay = 180 * time.Second
+		}
+		eta = time.Now().Add(delay).UTC()
+	}
+	if err := w.republish(j, eta, re); err != nil {
+		w.log.Error("Task retry could not be published", "task", r.Name(), "id", r.ID, "err", err)
+		if acksLate {
+			w.reject(j.d, true) // not lost: the broker redelivers the original
+		} else if !ignore {
+			w.store(w.failureMeta(r, results.ExceptionFrom(err), ""))
+		}
+		return
+	}
+	w.log.Info("Task retry", "task", r.Name(), "id", r.ID, "retries", r.Retries+1, "eta", eta, "reason", re.Err)
+	if !ignore {
+		reason := re.Err
+		if reason == nil {
+			reason = re
+		}
+		m := w.meta(r, results.Retry, results.ExceptionFrom(reason))
+		m.Traceback = fmt.Sprintf("Retry in %s: %v\n", time.Until(eta).Round(time.Millisecond), reason)
+		// Celery records the retry message as a child of the task.
+		m.Children = []any{[]any{[]any{r.ID, nil}, nil}}
+		w.store(m)
+	}
+	if acksLate {
+		w.ack(j.d)
+	}
+}
+
+func (w *Worker) republish(j *job, eta time.Time, re *RetryError) error {
+	m := *j.req.Message
+	m.Retries++
+	m.ETA = eta
+	m.ParentID = j.req.ID
+	if re.Args != nil {
+		m.Args, m.ArgsRepr = re.Args, ""
+	}
+	if re.Kwargs != nil {
+		m.Kwargs, m.KwargsRepr = re.Kwargs, ""
+	}
+	enc := protocol.Encoder{Compression: m.Compression, Protocol: 2}
+	if m.ContentType == protocol.ContentTypeMsgpack {
+		enc.Serializer = "msgpack"
+	}
+	raw, err := enc.Encode(&m)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Same destination: on the default exchange the routing key is the queue.
+	return w.broker.Publish(ctx, broker.Publishing{
+		Raw: *raw, Exchange: j.d.Exchange, RoutingKey: j.d.RoutingKey, Mandatory: true,
+	})
+}

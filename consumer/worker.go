@@ -1,0 +1,256 @@
+// Package consumer is the Go worker: it consumes Celery task messages from
+// a broker, runs the registered handler for each, and writes states and
+// results where Python's AsyncResult reads them, with Celery's semantics
+// for acks, retries, ETA, expiry, time limits and shutdown.
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
+)
+
+// Broker is what the worker needs from a transport (broker/amqp and
+// broker/redis provide it).
+type Broker interface {
+	Declare(ctx context.Context, qs ...broker.Queue) error
+	Consume(ctx context.Context, queues []broker.Queue, prefetch int) (<-chan *broker.Delivery, error)
+	SetPrefetch(n int) error
+	Publish(ctx context.Context, p broker.Publishing) error
+}
+
+// Backend stores task states; *results.Redis provides it. A nil Backend
+// stores nothing, like Celery's DisabledBackend.
+type Backend interface {
+	Store(ctx context.Context, m *results.Meta) error
+}
+
+// UnknownPolicy says what happens to a message whose task is not registered.
+type UnknownPolicy int
+
+const (
+	// DeadLetter stores FAILURE NotRegistered, as Celery does, and moves
+	// the message to the dead-letter place instead of dropping it.
+	DeadLetter UnknownPolicy = iota
+	// Requeue gives the message back to the broker after a short pause,
+	// for another worker that knows the task; nothing is stored.
+	Requeue
+)
+
+// Config configures a Worker. Queues is required: the worker consumes only
+// the queues it is given, never Celery's default "celery" unless listed,
+// which is what keeps two apps on one broker apart.
+type Config struct {
+	Queues []broker.Queue
+	// Concurrency is the number of tasks run at once; 0 means 4 x CPUs.
+	Concurrency int
+	// PrefetchMultiplier sets prefetch = Concurrency x multiplier
+	// (Celery's worker_prefetch_multiplier); 0 means 4, negative means
+	// no limit.
+	PrefetchMultiplier int
+	// Defaults for tasks whose TaskOptions leave them unset
+	// (task_acks_late, task_reject_on_worker_lost, task_track_started).
+	AcksLate           bool
+	RejectOnWorkerLost bool
+	TrackStarted       bool
+	// AcksOnFailure acks a failed late-ack task (Celery's default, true
+	// unless set); false rejects it without requeue.
+	AcksOnFailure *bool
+	// ResultExtended writes name, args, kwargs, worker, retries and queue
+	// with each state (result_extended).
+	ResultExtended bool
+	// Hostname is the node name, "gocelery@<host>" by default.
+	Hostname string
+	// Unknown is the policy for unregistered task names.
+	Unknown UnknownPolicy
+	// DeadLetterExchange, when set, receives dead-lettered messages with
+	// routing key "<queue>.<reason>"; otherwise they go to a durable queue
+	// of that name on the default exchange.
+	DeadLetterExchange string
+	// ETATaskLimit caps the ETA tasks held in memory (Celery's
+	// worker_eta_task_limit); past it prefetch stops growing, so the
+	// broker stops delivering. 0 means 10,000.
+	ETATaskLimit int
+	// ShutdownTimeout bounds the wait for running tasks on a warm
+	// shutdown; 0 means 30 s.
+	ShutdownTimeout time.Duration
+	// Decoder sets message limits.
+	Decoder protocol.Decoder
+	Logger  *slog.Logger
+}
+
+// Worker consumes and runs tasks. Create it with New, run it with Run.
+type Worker struct {
+	broker  Broker
+	backend Backend
+	mux     *Mux
+	cfg     Config
+	log     *slog.Logger
+	pid     int
+
+	concurrency int
+	prefetch    int
+	jobs        chan *job
+
+	eta *etaHeld
+
+	active    atomic.Int64
+	processed atomic.Int64
+	abandoned atomic.Int64 // handlers left running after a hard time limit
+
+	kill     chan struct{} // closed by Kill: cold shutdown
+	killOnce sync.Once
+	taskCtx  context.Context // parent of every task's context; cancelled on cold shutdown
+	cancelTs context.CancelFunc
+
+	dlqMu       sync.Mutex
+	dlqDeclared map[string]bool
+}
+
+// New returns a worker for the tasks registered on mux.
+func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
+	if b == nil || mux == nil {
+		return nil, errors.New("consumer: New needs a broker and a mux")
+	}
+	if len(cfg.Queues) == 0 {
+		return nil, errors.New("consumer: no queues configured; name them (Celery's -Q), the worker never guesses")
+	}
+	if cfg.Hostname == "" {
+		host, _ := os.Hostname()
+		cfg.Hostname = "gocelery@" + host
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ETATaskLimit <= 0 {
+		cfg.ETATaskLimit = 10000
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	w := &Worker{
+		broker: b, backend: backend, mux: mux, cfg: cfg,
+		log: cfg.Logger, pid: os.Getpid(),
+		concurrency: cfg.Concurrency,
+		kill:        make(chan struct{}),
+		dlqDeclared: map[string]bool{},
+	}
+	if w.concurrency <= 0 {
+		w.concurrency = 4 * runtime.GOMAXPROCS(0)
+	}
+	switch m := cfg.PrefetchMultiplier; {
+	case m < 0:
+		w.prefetch = 0
+	case m == 0:
+		w.prefetch = w.concurrency * 4
+	default:
+		w.prefetch = w.concurrency * m
+	}
+	w.jobs = make(chan *job)
+	w.eta = newETAHeld(w)
+	return w, nil
+}
+
+// Run consumes until ctx is done, then shuts down warmly: it stops
+// consuming, returns held and prefetched messages to the broker, and waits
+// up to ShutdownTimeout for running tasks (Kill cuts the wait short). It
+// returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context) error {
+	w.taskCtx, w.cancelTs = context.WithCancel(context.WithoutCancel(ctx))
+	defer w.cancelTs()
+	consumeCtx, stopConsuming := context.WithCancel(ctx)
+	defer stopConsuming()
+	deliveries, err := w.broker.Consume(consumeCtx, w.cfg.Queues, w.prefetch)
+	if err != nil {
+		return fmt.Errorf("consumer: consume: %w", err)
+	}
+	names := make([]string, len(w.cfg.Queues))
+	for i, q := range w.cfg.Queues {
+		names[i] = q.Name
+	}
+	w.log.Info("worker ready", "hostname", w.cfg.Hostname, "queues", names,
+		"concurrency", w.concurrency, "prefetch", w.prefetch, "tasks", w.mux.Names())
+
+	var pool sync.WaitGroup
+	for range w.concurrency {
+		pool.Add(1)
+		go func() {
+			defer pool.Done()
+			for j := range w.jobs {
+				w.execute(j)
+			}
+		}()
+	}
+	etaDone := make(chan struct{})
+	go func() {
+		defer close(etaDone)
+		w.eta.run(ctx)
+	}()
+
+	w.dispatchLoop(ctx, deliveries)
+
+	// Warm shutdown: nothing new starts; held ETA tasks and anything still
+	// buffered go back to the broker.
+	stopConsuming()
+	<-etaDone
+	w.eta.requeueAll()
+	for d := range deliveries { // drain what the transport had buffered
+		w.requeue(d, "shutdown")
+	}
+	close(w.jobs)
+	w.log.Info("warm shutdown: waiting for running tasks", "active", w.active.Load(), "timeout", w.cfg.ShutdownTimeout)
+	done := make(chan struct{})
+	go func() {
+		pool.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(w.cfg.ShutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		w.log.Info("worker stopped", "processed", w.processed.Load())
+		return nil
+	case <-timer.C:
+	case <-w.kill:
+	}
+	// Cold shutdown: cancel running handlers; their late-ack messages are
+	// redelivered by the broker once the connection closes.
+	w.log.Warn("cold shutdown: cancelling running tasks", "active", w.active.Load())
+	w.cancelTs()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	return nil
+}
+
+// Kill turns a warm shutdown into a cold one (the second SIGTERM).
+func (w *Worker) Kill() { w.killOnce.Do(func() { close(w.kill) }) }
+
+// Stats are counters for inspect and metrics.
+type Stats struct {
+	Active, Processed, Abandoned int64
+	HeldETA                      int
+	Prefetch                     int
+}
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() Stats {
+	return Stats{
+		Active: w.active.Load(), Processed: w.processed.Load(), Abandoned: w.abandoned.Load(),
+		HeldETA: w.eta.len(), Prefetch: w.prefetch + w.eta.len(),
+	}
+}
+
+// Concurrency returns the number of tasks run at once.
+func (w *Worker) Concurrency() int { return w.concurrency }

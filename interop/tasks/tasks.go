@@ -1,0 +1,197 @@
+// Package tasks registers the interop task contract: the Go tasks that the
+// Python test suite, the benchmarks and the demo send. Their names and
+// behaviour are stable; Python's mirror, pyinterop.*, lives in
+// interop/python.
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/protocol"
+)
+
+// ValueError is a failure Python re-raises as ValueError.
+type ValueError struct{ Msg string }
+
+func (e *ValueError) Error() string { return e.Msg }
+
+// PythonException maps the error to Python's builtins.ValueError.
+func (e *ValueError) PythonException() (module, typ string) { return "builtins", "ValueError" }
+
+// Register adds the interop.* tasks to mux. rdb backs interop.counter; it
+// may be nil when that task is not needed.
+func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
+	mux.HandleFunc("interop.add", add)
+	mux.HandleFunc("interop.echo", func(ctx context.Context, r *consumer.Request) (any, error) {
+		args, kwargs := r.Args, r.Kwargs
+		if args == nil {
+			args = []any{}
+		}
+		if kwargs == nil {
+			kwargs = map[string]any{}
+		}
+		return map[string]any{"args": args, "kwargs": kwargs}, nil
+	})
+	mux.HandleFunc("interop.fail", func(ctx context.Context, r *consumer.Request) (any, error) {
+		msg := "interop.fail"
+		if len(r.Args) > 0 {
+			msg = fmt.Sprint(r.Args[0])
+		} else if m, ok := r.Kwargs["message"]; ok {
+			msg = fmt.Sprint(m)
+		}
+		return nil, &ValueError{msg}
+	})
+	mux.Handle("interop.sleep", consumer.Func(func(ctx context.Context, a struct {
+		Seconds float64 `json:"seconds"`
+	}) (float64, error) {
+		t := time.NewTimer(time.Duration(a.Seconds * float64(time.Second)))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return a.Seconds, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}))
+	mux.HandleFunc("interop.progress", func(ctx context.Context, r *consumer.Request) (any, error) {
+		var a struct {
+			Steps int     `json:"steps"`
+			Delay float64 `json:"delay"`
+		}
+		if err := consumer.Bind(r, &a); err != nil {
+			return nil, err
+		}
+		for i := 1; i <= a.Steps; i++ {
+			if err := r.UpdateState(ctx, "PROGRESS", map[string]any{"current": i, "total": a.Steps}); err != nil {
+				return nil, err
+			}
+			if a.Delay > 0 {
+				time.Sleep(time.Duration(a.Delay * float64(time.Second)))
+			}
+		}
+		return a.Steps, nil
+	})
+	mux.HandleFunc("interop.retry", func(ctx context.Context, r *consumer.Request) (any, error) {
+		var a struct {
+			Times int `json:"times"`
+		}
+		if err := consumer.Bind(r, &a); err != nil {
+			return nil, err
+		}
+		if r.Retries < a.Times {
+			re := consumer.Retry(100*time.Millisecond, &ValueError{fmt.Sprintf("retry %d of %d", r.Retries+1, a.Times)})
+			re.MaxRetries = consumer.Int(a.Times)
+			return nil, re
+		}
+		return r.Retries, nil
+	})
+	mux.HandleFunc("interop.counter", func(ctx context.Context, r *consumer.Request) (any, error) {
+		var a struct {
+			Key   string  `json:"key"`
+			Sleep float64 `json:"sleep"` // optional: keeps tasks in flight for reliability tests
+		}
+		if err := consumer.Bind(r, &a); err != nil {
+			return nil, err
+		}
+		if rdb == nil {
+			return nil, errors.New("interop.counter: worker has no Redis")
+		}
+		if a.Sleep > 0 {
+			time.Sleep(time.Duration(a.Sleep * float64(time.Second)))
+		}
+		return rdb.Incr(ctx, a.Key).Result()
+	})
+	mux.HandleFunc("interop.request", func(ctx context.Context, r *consumer.Request) (any, error) {
+		opt := func(t time.Time) any {
+			if t.IsZero() {
+				return nil
+			}
+			return t
+		}
+		str := func(s string) any {
+			if s == "" {
+				return nil
+			}
+			return s
+		}
+		headers := map[string]any{}
+		for k, v := range r.Headers {
+			headers[k] = v
+		}
+		return map[string]any{
+			"id": r.ID, "task": r.Task, "retries": r.Retries,
+			"root_id": str(r.RootID), "parent_id": str(r.ParentID), "group": str(r.Group),
+			"eta": opt(r.ETA), "expires": opt(r.Expires),
+			"delivery_info": r.DeliveryInfo(), "headers": headers,
+			"hostname": r.Hostname, "args": r.Args, "kwargs": r.Kwargs,
+		}, nil
+	})
+}
+
+// add returns x + y: ints stay ints (big ones too), anything else is a float.
+func add(ctx context.Context, r *consumer.Request) (any, error) {
+	var x, y any
+	switch {
+	case len(r.Args) == 2:
+		x, y = r.Args[0], r.Args[1]
+	default:
+		var ok1, ok2 bool
+		x, ok1 = r.Kwargs["x"]
+		y, ok2 = r.Kwargs["y"]
+		if len(r.Args) == 1 {
+			x, ok1 = r.Args[0], true
+		}
+		if !ok1 || !ok2 {
+			return nil, &consumer.ArgumentError{Msg: "add() missing required arguments: 'x' and 'y'"}
+		}
+	}
+	xi, xok := x.(int64)
+	yi, yok := y.(int64)
+	if xok && yok {
+		s := xi + yi
+		if (s > xi) == (yi > 0) { // no overflow
+			return s, nil
+		}
+	}
+	if xb, ok := toBig(x); ok {
+		if yb, ok := toBig(y); ok {
+			return new(big.Int).Add(xb, yb), nil
+		}
+	}
+	xf, ok1 := toFloat(x)
+	yf, ok2 := toFloat(y)
+	if !ok1 || !ok2 {
+		return nil, &consumer.ArgumentError{Msg: fmt.Sprintf("unsupported operand type(s) for +: %s and %s", protocol.Repr(x), protocol.Repr(y))}
+	}
+	return xf + yf, nil
+}
+
+func toBig(v any) (*big.Int, bool) {
+	switch x := v.(type) {
+	case int64:
+		return big.NewInt(x), true
+	case *big.Int:
+		return x, true
+	}
+	return nil, false
+}
+
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int64:
+		return float64(x), true
+	case float64:
+		return x, true
+	case *big.Int:
+		f, _ := new(big.Float).SetInt(x).Float64()
+		return f, true
+	}
+	return 0, false
+}
