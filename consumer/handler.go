@@ -29,8 +29,12 @@ type Middleware func(Handler) Handler
 type TaskOptions struct {
 	// AcksLate acks after the handler returns instead of at start.
 	AcksLate *bool
-	// RejectOnWorkerLost requeues a late-ack message whose worker died,
-	// the only way a Go worker is "lost" being a crash or kill.
+	// RejectOnWorkerLost is accepted for parity with Celery's setting.
+	// Go handlers run in the worker process, so a lost worker is the
+	// whole process (a crash or kill -9), and the broker always redelivers
+	// its unacked late-ack messages: the behaviour Celery gives with
+	// reject_on_worker_lost=True. A handler panic is not a lost worker: it
+	// is recovered and stored as FAILURE.
 	RejectOnWorkerLost *bool
 	// IgnoreResult stores no result (the message's ignore_result header
 	// can also ask for it).

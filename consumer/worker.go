@@ -59,7 +59,8 @@ type Config struct {
 	// no limit.
 	PrefetchMultiplier int
 	// Defaults for tasks whose TaskOptions leave them unset
-	// (task_acks_late, task_reject_on_worker_lost, task_track_started).
+	// (task_acks_late, task_reject_on_worker_lost, task_track_started);
+	// see TaskOptions.RejectOnWorkerLost for what "lost" means in Go.
 	AcksLate           bool
 	RejectOnWorkerLost bool
 	TrackStarted       bool
