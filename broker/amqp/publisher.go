@@ -1,0 +1,355 @@
+package amqp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/gocelery/gocelery/broker"
+)
+
+// ErrNacked is returned by Publish when the broker refused to take
+// responsibility for a message (basic.nack), e.g. a full queue with
+// x-overflow reject-publish.
+var ErrNacked = errors.New("amqp: message nacked by the broker")
+
+// publisher is the background component behind Publish: one channel in
+// confirm mode, opened on first use and again after a loss, plus the
+// goroutine that collects basic.return frames for it.
+type publisher struct {
+	logger *slog.Logger
+	conn   *connector
+	retry  func(attempt int) time.Duration
+	wg     sync.WaitGroup // the return collectors
+
+	mu     sync.Mutex
+	pc     *pubChannel // nil until needed or after a loss
+	closed bool        // no channel is opened after shutdown
+
+	// mandatory lets one mandatory publish at a time be in flight: a
+	// basic.return names no delivery tag, so while only one message can
+	// come back, the return is known to be its.
+	mandatory chan struct{}
+}
+
+type publisherParams struct {
+	logger *slog.Logger
+	conn   *connector
+	retry  func(attempt int) time.Duration
+}
+
+func newPublisher(p publisherParams) *publisher {
+	return &publisher{
+		logger:    p.logger,
+		conn:      p.conn,
+		retry:     p.retry,
+		mandatory: make(chan struct{}, 1),
+	}
+}
+
+// shutdown waits for the return collectors, which end with their channels
+// (closed with the connection), and lets no new channel open.
+func (p *publisher) shutdown() {
+	p.mu.Lock()
+	p.closed = true
+	pc := p.pc
+	p.mu.Unlock()
+	if pc != nil && !pc.ch.IsClosed() {
+		_ = pc.ch.Close()
+	}
+	p.wg.Wait()
+}
+
+// pubChannel is one publishing channel and its basic.return collector.
+type pubChannel struct {
+	ch     *amqp.Channel
+	conn   *amqp.Connection
+	closed chan *amqp.Error // buffered: amqp091 sends the reason before it resolves pending confirms
+
+	exchanges sync.Map // exchange names seen to exist on conn
+
+	returns chan amqp.Return
+	sync    chan chan struct{}
+	stopped chan struct{} // closed when the collector has ended
+
+	mu       sync.Mutex
+	returned []amqp.Return
+	closeErr *amqp.Error
+	errRead  bool
+}
+
+// maxKeptReturns bounds the returns kept for matching: only returns of
+// publishes that gave up waiting (context done) can pile up.
+const maxKeptReturns = 16
+
+// collect takes basic.return frames as amqp091 reads them. The channel is
+// unbuffered so amqp091's reader hands a return over before it goes on to
+// the ack that follows it; a publisher that saw its ack then syncs with
+// this goroutine (sync) and is sure to find its return recorded.
+func (pc *pubChannel) collect(wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(pc.stopped)
+		for {
+			select {
+			case r, ok := <-pc.returns:
+				if !ok {
+					return
+				}
+				pc.mu.Lock()
+				if len(pc.returned) == maxKeptReturns {
+					pc.returned = pc.returned[1:]
+				}
+				pc.returned = append(pc.returned, r)
+				pc.mu.Unlock()
+			case done := <-pc.sync:
+				close(done)
+			}
+		}
+	}()
+}
+
+// takeReturn reports whether m came back unroutable, discarding any
+// stale returns of earlier, abandoned publishes.
+func (pc *pubChannel) takeReturn(exchange, key string, m *amqp.Publishing) (amqp.Return, bool) {
+	done := make(chan struct{})
+	select {
+	case pc.sync <- done:
+		<-done
+	case <-pc.stopped:
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	rs := pc.returned
+	pc.returned = nil
+	for _, r := range rs {
+		if r.Exchange == exchange && r.RoutingKey == key && r.CorrelationId == m.CorrelationId &&
+			bytes.Equal(r.Body, m.Body) {
+			return r, true
+		}
+	}
+	return amqp.Return{}, false
+}
+
+// closeError returns why the closed channel closed, nil for a normal close.
+func (pc *pubChannel) closeError() *amqp.Error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if !pc.errRead {
+		select {
+		case pc.closeErr = <-pc.closed:
+			pc.errRead = true
+		default:
+		}
+	}
+	return pc.closeErr
+}
+
+// channel returns the publishing channel, opening one (and waiting for
+// the connection) if needed.
+func (p *publisher) channel(ctx context.Context) (*pubChannel, error) {
+	for attempt := 0; ; attempt++ {
+		p.mu.Lock()
+		pc := p.pc
+		p.mu.Unlock()
+		if pc != nil && !pc.ch.IsClosed() {
+			return pc, nil
+		}
+		s, err := p.conn.wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		switch {
+		case p.closed:
+			err = broker.ErrClosed
+		case p.pc == pc: // nobody replaced it meanwhile
+			pc, err = p.open(s.conn)
+			if err == nil {
+				p.pc = pc
+			}
+		}
+		p.mu.Unlock()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, broker.ErrClosed) {
+			return nil, err
+		}
+		p.logger.Warn("amqp: opening the publishing channel", "error", err)
+		select {
+		case <-time.After(p.retry(attempt)):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (p *publisher) open(conn *amqp.Connection) (*pubChannel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	pc := &pubChannel{
+		ch:      ch,
+		conn:    conn,
+		closed:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		returns: ch.NotifyReturn(make(chan amqp.Return)),
+		sync:    make(chan chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	pc.collect(&p.wg)
+	return pc, nil
+}
+
+// publish sends m and waits for the broker's confirm. A message in flight
+// when the connection drops is sent again on the next connection: delivery
+// is at least once, as with kombu's publish retry.
+func (p *publisher) publish(ctx context.Context, exchange, key string, mandatory bool, m *amqp.Publishing) error {
+	if mandatory {
+		select {
+		case p.mandatory <- struct{}{}:
+			defer func() { <-p.mandatory }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	var lastReason string
+	repeats := 0
+	for attempt := 0; ; attempt++ {
+		pc, err := p.channel(ctx)
+		if err != nil {
+			return err
+		}
+		retry, err := p.publishOn(ctx, pc, exchange, key, mandatory, m)
+		if !retry {
+			return err
+		}
+		if e := (*amqp.Error)(nil); errors.As(err, &e) && isChannelError(e.Code) {
+			// The same channel error again and again is most likely this
+			// message's own (too large, say), not a neighbour's.
+			if e.Reason == lastReason {
+				repeats++
+			} else {
+				lastReason, repeats = e.Reason, 1
+			}
+			if repeats == maxSameChannelError {
+				return fmt.Errorf("amqp: publish: %w", err)
+			}
+		}
+		p.logger.Debug("amqp: publish interrupted, retrying", "error", err, "attempt", attempt+1)
+		select {
+		case <-time.After(p.retry(attempt)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// maxSameChannelError bounds the retries of a publish whose channel
+// closes with the same channel error each time.
+const maxSameChannelError = 3
+
+// publishOn sends once; retry reports that the channel closed before the
+// confirm came, for a reason that may not be this message's.
+func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key string, mandatory bool, m *amqp.Publishing) (retry bool, err error) {
+	if retry, err := pc.checkExchange(exchange); err != nil {
+		return retry, err
+	}
+	dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, *m)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if pc.ch.IsClosed() {
+			return p.closedErr(pc, exchange)
+		}
+		return false, fmt.Errorf("amqp: publish: %w", err)
+	}
+	select {
+	case <-dc.Done():
+	case <-ctx.Done():
+		// The message may still reach the queue; the caller gave up.
+		return false, ctx.Err()
+	}
+	if !dc.Acked() {
+		if pc.ch.IsClosed() { // amqp091 nacks what was pending when a channel closes
+			return p.closedErr(pc, exchange)
+		}
+		return false, ErrNacked
+	}
+	if mandatory {
+		if r, ok := pc.takeReturn(exchange, key, m); ok {
+			return false, fmt.Errorf("%w: %s (exchange %q, routing key %q)", broker.ErrUnroutable, r.ReplyText, exchange, key)
+		}
+	}
+	return false, nil
+}
+
+// checkExchange makes sure a named exchange exists before the first
+// publish to it. Publishing to a missing exchange is a channel error: the
+// broker would close the publishing channel under every publish in flight
+// and they would all have to be sent again (some twice). The passive
+// declaration runs on a throwaway channel instead, once per exchange and
+// connection. The default exchange and amq.* always exist.
+func (pc *pubChannel) checkExchange(exchange string) (retry bool, err error) {
+	if exchange == "" || strings.HasPrefix(exchange, "amq.") {
+		return false, nil
+	}
+	if _, ok := pc.exchanges.Load(exchange); ok {
+		return false, nil
+	}
+	ch, err := pc.conn.Channel()
+	if err != nil {
+		return true, err // connection lost
+	}
+	defer ch.Close()
+	if err := ch.ExchangeDeclarePassive(exchange, "direct", false, false, false, false, nil); err != nil {
+		if e := (*amqp.Error)(nil); errors.As(err, &e) && isChannelError(e.Code) {
+			return false, fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
+		}
+		return true, err
+	}
+	pc.exchanges.Store(exchange, struct{}{})
+	return false, nil
+}
+
+// closedErr decides what a closed publishing channel means. A channel
+// error (404, 403, 406: the connection lives) closes the channel under
+// every publish in flight, so only the one it names, a missing or
+// forbidden exchange, fails at once; the others are sent again, a few
+// times at most. Anything else is a lost connection, retried until the
+// context ends.
+func (p *publisher) closedErr(pc *pubChannel, exchange string) (retry bool, err error) {
+	e := pc.closeError()
+	if e == nil {
+		return true, amqp.ErrClosed
+	}
+	if isChannelError(e.Code) && strings.Contains(e.Reason, "exchange '"+exchange+"'") {
+		return false, fmt.Errorf("amqp: publish: %w", e)
+	}
+	return true, e
+}
+
+// isChannelError reports the AMQP soft errors, which close a channel but
+// not its connection.
+func isChannelError(code int) bool {
+	switch code {
+	case amqp.ContentTooLarge, amqp.NoRoute, amqp.NoConsumers, amqp.AccessRefused,
+		amqp.NotFound, amqp.ResourceLocked, amqp.PreconditionFailed:
+		return true
+	}
+	return false
+}
