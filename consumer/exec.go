@@ -125,7 +125,7 @@ func (w *Worker) exception(j *job, err error) *results.Exception {
 func (w *Worker) failureMeta(r *Request, exc *results.Exception, traceback string) *results.Meta {
 	m := w.meta(r, results.Failure, exc)
 	if traceback == "" {
-		traceback = fmt.Sprintf("Traceback (most recent call last):\n  Go task %s[%s] on %s\n%s: %s\n", r.Task, r.ID, w.cfg.Hostname, exc.Type, exc.Error())
+		traceback = fmt.Sprintf("Traceback (most recent call last):\n  Go task %s[%s] on %s\n%s\n", r.Task, r.ID, w.cfg.Hostname, exc.Error())
 	}
 	m.Traceback = traceback
 	return m
