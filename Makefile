@@ -17,8 +17,9 @@ vet:
 staticcheck:
 	staticcheck ./...
 
+# -p 1: broker/amqp restarts RabbitMQ in a test; no other package may use it then.
 gotest:
-	go test -race -count=1 ./...
+	go test -race -count=1 -p 1 ./...
 
 # interop/python always contains tests, so pytest's exit 5 ("no tests
 # collected") cannot happen silently; it would fail the build.
