@@ -1,0 +1,203 @@
+// Package worker is the gocelery worker program as a library: since tasks
+// are Go code, each team builds its own worker binary, and this package
+// gives it Celery's command line. A complete worker:
+//
+//	package main
+//
+//	import (
+//		"context"
+//
+//		"github.com/gocelery/gocelery/consumer"
+//		"github.com/gocelery/gocelery/worker"
+//	)
+//
+//	func main() {
+//		mux := consumer.NewMux()
+//		mux.HandleFunc("proj.add", func(ctx context.Context, r *consumer.Request) (any, error) {
+//			return r.Args[0].(int64) + r.Args[1].(int64), nil
+//		})
+//		worker.Main(mux)
+//	}
+//
+// Run it as: ./myworker --broker amqp://guest:guest@localhost:5672// --result-backend redis://localhost:6379/0 -Q proj
+package worker
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/broker/amqp"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/results"
+)
+
+// Options are the worker's settings, from flags and environment.
+type Options struct {
+	BrokerURL        string
+	ResultBackendURL string
+	Queues           []string
+	MaxPriority      int
+	Config           consumer.Config
+	LogLevel         slog.Level
+}
+
+// ParseFlags reads Celery-like flags; environment variables
+// CELERY_BROKER_URL and CELERY_RESULT_BACKEND give the defaults, as for
+// Celery.
+func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &Options{}
+	envOr := func(k, def string) string {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://; env CELERY_BROKER_URL)")
+	fs.StringVar(&o.BrokerURL, "b", o.BrokerURL, "shorthand for --broker")
+	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	var queues string
+	fs.StringVar(&queues, "queues", "", "comma-separated queues to consume (required; Celery's -Q)")
+	fs.StringVar(&queues, "Q", "", "shorthand for --queues")
+	c := &o.Config
+	fs.IntVar(&c.Concurrency, "concurrency", 0, "tasks run at once (default 4 x CPUs)")
+	fs.IntVar(&c.Concurrency, "c", 0, "shorthand for --concurrency")
+	fs.IntVar(&c.PrefetchMultiplier, "prefetch-multiplier", 4, "prefetch = concurrency x this (worker_prefetch_multiplier)")
+	fs.BoolVar(&c.AcksLate, "acks-late", false, "ack after the task instead of at start (task_acks_late)")
+	fs.BoolVar(&c.RejectOnWorkerLost, "reject-on-worker-lost", false, "with --acks-late, requeue tasks of a worker that died (task_reject_on_worker_lost)")
+	fs.BoolVar(&c.TrackStarted, "track-started", false, "store STARTED when a task begins (task_track_started)")
+	fs.BoolVar(&c.ResultExtended, "result-extended", false, "store name, args, kwargs, worker, retries, queue with results (result_extended)")
+	fs.StringVar(&c.Hostname, "hostname", "", "node name (default gocelery@<host>)")
+	fs.StringVar(&c.Hostname, "n", "", "shorthand for --hostname")
+	fs.IntVar(&c.ETATaskLimit, "eta-task-limit", 10000, "most ETA tasks held in memory (worker_eta_task_limit)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "warm shutdown: wait this long for running tasks")
+	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", "", "exchange for dead-lettered messages (default: queue <queue>.<reason>)")
+	fs.IntVar(&o.MaxPriority, "max-priority", 0, "declare queues with x-max-priority (task_queue_max_priority)")
+	unknown := fs.String("unknown-tasks", "dead-letter", "unregistered task names: dead-letter (store FAILURE, move to <queue>.unregistered) or requeue")
+	level := fs.String("loglevel", "info", "debug, info, warning, error")
+	fs.StringVar(level, "l", "info", "shorthand for --loglevel")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	for _, q := range strings.Split(queues, ",") {
+		if q = strings.TrimSpace(q); q != "" {
+			o.Queues = append(o.Queues, q)
+		}
+	}
+	if len(o.Queues) == 0 {
+		return nil, errors.New("name the queues to consume with -Q (the worker never consumes a queue it was not told to)")
+	}
+	switch *unknown {
+	case "dead-letter":
+		c.Unknown = consumer.DeadLetter
+	case "requeue":
+		c.Unknown = consumer.Requeue
+	default:
+		return nil, fmt.Errorf("--unknown-tasks: want dead-letter or requeue, got %q", *unknown)
+	}
+	switch strings.ToLower(*level) {
+	case "debug":
+		o.LogLevel = slog.LevelDebug
+	case "info":
+		o.LogLevel = slog.LevelInfo
+	case "warn", "warning":
+		o.LogLevel = slog.LevelWarn
+	case "error", "critical":
+		o.LogLevel = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--loglevel: unknown level %q", *level)
+	}
+	return o, nil
+}
+
+// Main runs the worker program for mux with os.Args and exits.
+func Main(mux *consumer.Mux) {
+	err := Run(context.Background(), os.Args[1:], mux, os.Stderr, nil)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+// Setup lets a program add to the worker once its broker and backend are
+// open (for example, tasks that need the result backend's Redis client).
+type Setup func(mux *consumer.Mux, backend *results.Redis)
+
+// Run parses args, connects, and runs the worker until SIGINT/SIGTERM
+// (warm shutdown) or a second signal (cold shutdown).
+func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer, setup Setup) error {
+	o, err := ParseFlags("worker", args, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.LogLevel}))
+	o.Config.Logger = log
+	for _, q := range o.Queues {
+		o.Config.Queues = append(o.Config.Queues, broker.Queue{Name: q, MaxPriority: o.MaxPriority})
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+
+	b, closeBroker, err := openBroker(runCtx, o.BrokerURL, log)
+	if err != nil {
+		return err
+	}
+	defer closeBroker()
+	var backend consumer.Backend
+	var rb *results.Redis
+	if o.ResultBackendURL != "" {
+		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{}); err != nil {
+			return fmt.Errorf("result backend: %w", err)
+		}
+		defer rb.Close()
+		backend = rb
+	}
+	if setup != nil {
+		setup(mux, rb)
+	}
+	w, err := consumer.New(b, backend, mux, o.Config)
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Info("warm shutdown: finishing running tasks (signal again for cold shutdown)", "signal", sig.String())
+			stop()
+		case <-runCtx.Done():
+			return
+		}
+		sig := <-sigs
+		log.Warn("cold shutdown", "signal", sig.String())
+		w.Kill()
+	}()
+	return w.Run(runCtx)
+}
+
+func openBroker(ctx context.Context, url string, log *slog.Logger) (consumer.Broker, func(), error) {
+	scheme, _, _ := strings.Cut(url, "://")
+	switch scheme {
+	case "amqp", "amqps", "pyamqp":
+		b, err := amqp.Dial(ctx, url, amqp.Options{Logger: log, GlobalQoS: true})
+		if err != nil {
+			return nil, nil, fmt.Errorf("broker: %w", err)
+		}
+		return b, func() { b.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://)", scheme)
+}
