@@ -117,7 +117,8 @@ func (w *Worker) execute(j *job) {
 // exception maps a handler error to the Python exception stored.
 func (w *Worker) exception(j *job, err error) *results.Exception {
 	if _, soft := limits(j); soft > 0 && errors.Is(err, context.DeadlineExceeded) {
-		return &results.Exception{Type: "SoftTimeLimitExceeded", Module: "celery.exceptions", Message: []any{fmt.Sprintf("SoftTimeLimitExceeded(%s,)", protocol.Repr(soft.Seconds()))}}
+		// billiard raises it with no arguments; Celery re-exports it.
+		return &results.Exception{Type: "SoftTimeLimitExceeded", Module: "billiard.exceptions", Message: []any{}}
 	}
 	return results.ExceptionFrom(err)
 }

@@ -146,8 +146,6 @@ def test_sleep_returns_seconds(env, via):
     assert elapsed >= 0.3, elapsed
 
 
-@pytest.mark.xfail(strict=True, reason="Go bug (reported): interop.sleep binds seconds to "
-                   "float64 and returns 1.0 for 1; Python's sleep returns its argument (1)")
 def test_sleep_int_seconds_returns_int(env):
     assert typed(send(env, "send_task", "sleep", (1,)).get(timeout=TIMEOUT)) == typed(1)
 

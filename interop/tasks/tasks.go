@@ -48,18 +48,26 @@ func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
 		}
 		return nil, &ValueError{msg}
 	})
-	mux.Handle("interop.sleep", consumer.Func(func(ctx context.Context, a struct {
-		Seconds float64 `json:"seconds"`
-	}) (float64, error) {
+	mux.HandleFunc("interop.sleep", func(ctx context.Context, r *consumer.Request) (any, error) {
+		var a struct {
+			Seconds float64 `json:"seconds"`
+		}
+		if err := consumer.Bind(r, &a); err != nil {
+			return nil, err
+		}
 		t := time.NewTimer(time.Duration(a.Seconds * float64(time.Second)))
 		defer t.Stop()
 		select {
 		case <-t.C:
-			return a.Seconds, nil
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return nil, ctx.Err()
 		}
-	}))
+		// Return the argument as sent: an int stays an int, as in Python.
+		if len(r.Args) > 0 {
+			return r.Args[0], nil
+		}
+		return r.Kwargs["seconds"], nil
+	})
 	mux.HandleFunc("interop.progress", func(ctx context.Context, r *consumer.Request) (any, error) {
 		var a struct {
 			Steps int     `json:"steps"`
