@@ -1,0 +1,315 @@
+// Command bench measures end-to-end task throughput on RabbitMQ in one
+// run: a queue is filled with N interop.add tasks by Python Celery, then
+// drained by (1) the gocelery Go worker, (2) Python Celery's prefork worker
+// with concurrency = cores, and (3) a bare amqp091-go consumer with manual
+// acks and the Go worker's prefetch, doing no work: the ceiling. Each is
+// measured without results and with the Redis result backend, and the
+// rates are printed with their ratios, plus the Go worker's RSS and CPU
+// time per task.
+//
+//	go run ./bench -n 20000
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+)
+
+type result struct {
+	name    string
+	results bool
+	rate    float64 // tasks per second
+	cpuPer  time.Duration
+	rssKB   int64
+}
+
+func main() {
+	n := flag.Int("n", 20000, "tasks per run")
+	brokerURL := flag.String("broker", "amqp://guest:guest@127.0.0.1:5672//", "RabbitMQ URL")
+	redisURL := flag.String("redis", "redis://127.0.0.1:6379/3", "result backend for the runs with results")
+	concurrency := flag.Int("c", 0, "Go worker concurrency (default: its own default)")
+	python := flag.String("python", ".venv/bin/python", "Python with Celery 5.7 (relative to the repository root)")
+	skipPython := flag.Bool("skip-python", false, "measure only the Go worker and the raw consumer")
+	flag.Parse()
+	py, err := filepath.Abs(*python)
+	if err == nil {
+		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n int, brokerURL, redisURL string, concurrency int, python string, skipPython bool) error {
+	tmp, err := os.MkdirTemp("", "gocelery-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	goworker := filepath.Join(tmp, "goworker")
+	if out, err := exec.Command("go", "build", "-o", goworker, "./interop/goworker").CombinedOutput(); err != nil {
+		return fmt.Errorf("build goworker: %v\n%s", err, out)
+	}
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	cores := runtime.NumCPU()
+	goConc := concurrency
+	if goConc == 0 {
+		goConc = 4 * runtime.GOMAXPROCS(0)
+	}
+	prefetch := goConc * 4
+
+	var all []result
+	for _, withResults := range []bool{false, true} {
+		backend := ""
+		if withResults {
+			backend = redisURL
+		}
+		q := fmt.Sprintf("bench.%d.%t", os.Getpid(), withResults)
+		fill := func() error { return fillQueue(python, brokerURL, backend, q, n) }
+
+		if err := fill(); err != nil {
+			return err
+		}
+		args := []string{"--broker", brokerURL, "-Q", q, "-l", "warning"}
+		if concurrency > 0 {
+			args = append(args, "-c", strconv.Itoa(concurrency))
+		}
+		if backend != "" {
+			args = append(args, "--result-backend", backend)
+		}
+		r, err := drainWith(conn, q, n, goworker, args, nil)
+		if err != nil {
+			return fmt.Errorf("go worker: %w", err)
+		}
+		r.name, r.results = "gocelery worker", withResults
+		all = append(all, r)
+
+		if !skipPython {
+			if err := fill(); err != nil {
+				return err
+			}
+			celery := filepath.Join(filepath.Dir(python), "celery")
+			env := []string{"BENCH_BROKER=" + brokerURL, "BENCH_BACKEND=" + backend}
+			r, err = drainWith(conn, q, n, celery, []string{"-A", "pyworker", "worker", "-P", "prefork",
+				"-c", strconv.Itoa(cores), "-Q", q, "-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"}, env)
+			if err != nil {
+				return fmt.Errorf("python worker: %w", err)
+			}
+			r.name, r.results = "Python Celery prefork", withResults
+			all = append(all, r)
+		}
+
+		if !withResults {
+			if err := fill(); err != nil {
+				return err
+			}
+			r, err = drainRaw(conn, q, n, prefetch)
+			if err != nil {
+				return fmt.Errorf("raw consumer: %w", err)
+			}
+			r.name = "raw amqp091 consumer"
+			all = append(all, r)
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			ch.QueueDelete(q, false, false, false)
+			ch.Close()
+		}
+	}
+	if withRedisCleanup(redisURL) != nil {
+		fmt.Fprintln(os.Stderr, "bench: could not clean the result keys")
+	}
+	report(all, n, cores, goConc, prefetch)
+	return nil
+}
+
+func fillQueue(python, brokerURL, backend, queue string, n int) error {
+	cmd := exec.Command(python, "pyworker.py", "fill", queue, strconv.Itoa(n))
+	cmd.Dir = "bench"
+	cmd.Env = append(os.Environ(), "BENCH_BROKER="+brokerURL, "BENCH_BACKEND="+backend)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("fill: %w", err)
+	}
+	return nil
+}
+
+// drainWith starts a worker process on the filled queue and times it from
+// the first message taken to the last one, excluding start-up.
+func drainWith(conn *amqp.Connection, q string, n int, bin string, args, env []string) (result, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = "bench"
+	cmd.Env = append(os.Environ(), env...)
+	stderr, _ := os.CreateTemp("", "bench-worker-*.log")
+	defer os.Remove(stderr.Name())
+	cmd.Stderr, cmd.Stdout = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	start, end, err := watchDrain(conn, q, n, 5*time.Minute)
+	if err != nil {
+		tail, _ := os.ReadFile(stderr.Name())
+		return result{}, fmt.Errorf("%w\n%s", err, lastLines(string(tail), 20))
+	}
+	cpuTicks, rss := procUsage(cmd.Process.Pid)
+	r := result{rate: float64(n) / end.Sub(start).Seconds()}
+	if bin != "" && strings.HasSuffix(bin, "goworker") {
+		r.cpuPer = time.Duration(float64(cpuTicks) * float64(time.Second) / 100 / float64(n))
+		r.rssKB = rss
+	}
+	return r, nil
+}
+
+// watchDrain polls the queue depth: the clock starts when it first drops
+// and stops when no message is ready. At that point at most one prefetch
+// window (32 of 20,000 by default, 0.16%) is still being worked on.
+func watchDrain(conn *amqp.Connection, q string, n int, limit time.Duration) (start, end time.Time, err error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return start, end, err
+	}
+	defer ch.Close()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		if err != nil {
+			return start, end, err
+		}
+		now := time.Now()
+		if start.IsZero() && st.Messages < n {
+			start = now
+		}
+		if !start.IsZero() && st.Messages == 0 {
+			return start, now, nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return start, end, errors.New("queue did not drain in time")
+}
+
+// drainRaw is the ceiling: amqp091-go with manual acks, no decoding, no work.
+func drainRaw(conn *amqp.Connection, q string, n, prefetch int) (result, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return result{}, err
+	}
+	defer ch.Close()
+	if err := ch.Qos(prefetch, 0, true); err != nil {
+		return result{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	deliveries, err := ch.ConsumeWithContext(ctx, q, "", false, false, false, false, nil)
+	if err != nil {
+		return result{}, err
+	}
+	var start time.Time
+	for i := 0; i < n; i++ {
+		select {
+		case d := <-deliveries:
+			if i == 0 {
+				start = time.Now()
+			}
+			if err := d.Ack(false); err != nil {
+				return result{}, err
+			}
+		case <-ctx.Done():
+			return result{}, errors.New("raw consumer timed out")
+		}
+	}
+	// n-1 intervals between the first and the last delivery.
+	return result{rate: float64(n-1) / time.Since(start).Seconds()}, nil
+}
+
+// procUsage returns CPU clock ticks (utime+stime) and peak RSS in KiB.
+func procUsage(pid int) (ticks int64, rssKB int64) {
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(stat)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			f := strings.Fields(s[i+2:])
+			if len(f) > 13 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				st, _ := strconv.ParseInt(f[12], 10, 64)
+				ticks = u + st
+			}
+		}
+	}
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "VmHWM:") {
+				rssKB, _ = strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			}
+		}
+	}
+	return ticks, rssKB
+}
+
+func withRedisCleanup(url string) error {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return err
+	}
+	c := redis.NewClient(opt)
+	defer c.Close()
+	return c.FlushDB(context.Background()).Err()
+}
+
+func lastLines(s string, k int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > k {
+		lines = lines[len(lines)-k:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func report(all []result, n, cores, conc, prefetch int) {
+	fmt.Printf("\n%d interop.add tasks per run, filled by Python Celery; %d cores; Go worker concurrency %d, prefetch %d\n\n", n, cores, conc, prefetch)
+	fmt.Printf("%-24s %-8s %12s\n", "consumer", "results", "tasks/s")
+	rate := map[string]float64{}
+	for _, r := range all {
+		res := "none"
+		if r.results {
+			res = "redis"
+		}
+		rate[r.name+"/"+res] = r.rate
+		fmt.Printf("%-24s %-8s %12.0f", r.name, res, r.rate)
+		if r.rssKB > 0 {
+			fmt.Printf("   peak RSS %.1f MB, CPU %.1f µs/task", float64(r.rssKB)/1024, float64(r.cpuPer.Nanoseconds())/1000)
+		}
+		fmt.Println()
+	}
+	fmt.Println()
+	ratio := func(label, a, b string) {
+		if rate[a] > 0 && rate[b] > 0 {
+			fmt.Printf("%-44s %6.1fx\n", label, rate[a]/rate[b])
+		}
+	}
+	ratio("Go worker / Python prefork (no results)", "gocelery worker/none", "Python Celery prefork/none")
+	ratio("Go worker / Python prefork (Redis results)", "gocelery worker/redis", "Python Celery prefork/redis")
+	if r := rate["raw amqp091 consumer/none"]; r > 0 {
+		fmt.Printf("%-44s %6.0f%%\n", "Go worker / raw consumer (no results)", 100*rate["gocelery worker/none"]/r)
+	}
+}
