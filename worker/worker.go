@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ type Options struct {
 	MaxPriority      int
 	Config           consumer.Config
 	LogLevel         slog.Level
+	CPUProfile       string
 }
 
 // ParseFlags reads Celery-like flags; environment variables
@@ -85,6 +87,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", "", "exchange for dead-lettered messages (default: queue <queue>.<reason>)")
 	fs.IntVar(&o.MaxPriority, "max-priority", 0, "declare queues with x-max-priority (task_queue_max_priority)")
 	unknown := fs.String("unknown-tasks", "dead-letter", "unregistered task names: dead-letter (store FAILURE, move to <queue>.unregistered) or requeue")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
 	level := fs.String("loglevel", "info", "debug, info, warning, error")
 	fs.StringVar(level, "l", "info", "shorthand for --loglevel")
 	if err := fs.Parse(args); err != nil {
@@ -142,6 +145,17 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.LogLevel}))
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	o.Config.Logger = log
 	for _, q := range o.Queues {
 		o.Config.Queues = append(o.Config.Queues, broker.Queue{Name: q, MaxPriority: o.MaxPriority})

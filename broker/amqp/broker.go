@@ -490,16 +490,16 @@ func (b *Broker) retire(cc *consumeChannel) {
 // channel that has since been lost returns broker.ErrStaleDelivery: the
 // broker has requeued it and will deliver it again.
 func (b *Broker) Ack(d *broker.Delivery) error {
-	return b.settle(d, func(ch *amqp.Channel, tag uint64) error { return ch.Ack(tag, false) })
+	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.ack(tag) })
 }
 
 // Reject gives d back to the queue (requeue) or drops it, to the queue's
 // dead-letter exchange when it has one. Errors are as for Ack.
 func (b *Broker) Reject(d *broker.Delivery, requeue bool) error {
-	return b.settle(d, func(ch *amqp.Channel, tag uint64) error { return ch.Reject(tag, requeue) })
+	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.reject(tag, requeue) })
 }
 
-func (b *Broker) settle(d *broker.Delivery, op func(*amqp.Channel, uint64) error) error {
+func (b *Broker) settle(d *broker.Delivery, op func(*consumeChannel, uint64) error) error {
 	ref, ok := d.Private.(*deliveryRef)
 	if !ok || ref.cc.b != b {
 		return ErrForeignDelivery
@@ -511,7 +511,7 @@ func (b *Broker) settle(d *broker.Delivery, op func(*amqp.Channel, uint64) error
 		return ErrAlreadySettled
 	}
 	defer ref.cc.settle()
-	if err := op(ref.cc.ch, ref.tag); err != nil {
+	if err := op(ref.cc, ref.tag); err != nil {
 		if errors.Is(err, amqp.ErrClosed) {
 			return broker.ErrStaleDelivery
 		}

@@ -29,6 +29,108 @@ type consumeChannel struct {
 	settled     chan struct{}
 
 	applied int // prefetch in force on ch; guarded by Broker.qosMu
+
+	acks ackFrontier
+}
+
+// ackFrontier coalesces acks into basic.ack(multiple=true), which is most
+// of what RabbitMQ spends per message at high rates. Only the frontier is
+// coalesced: a delivery whose tag is the lowest one not yet settled is
+// marked, and one goroutine at a time (group commit: no timer, batches form
+// only under load) acks everything below the new frontier with one frame.
+// A delivery above the frontier (an older one is still running or held for
+// its ETA) is acked on its own at once, so a held message never delays
+// other acks. Rejects are always sent on their own, before they are marked,
+// so a multiple ack can never cover a message meant for rejection.
+type ackFrontier struct {
+	mu       sync.Mutex
+	next     uint64              // lowest tag not settled; tags start at 1
+	done     map[uint64]struct{} // settled tags above next
+	pending  uint64              // highest tag acked at the frontier, not yet sent
+	acked    uint64              // multiple acks sent up to here
+	flushing bool
+}
+
+// markLocked records tag as settled and advances the frontier.
+func (f *ackFrontier) markLocked(tag uint64) {
+	if f.next == 0 {
+		f.next = 1
+	}
+	if tag != f.next {
+		if f.done == nil {
+			f.done = map[uint64]struct{}{}
+		}
+		f.done[tag] = struct{}{}
+		return
+	}
+	f.next++
+	for {
+		if _, ok := f.done[f.next]; !ok {
+			return
+		}
+		delete(f.done, f.next)
+		f.next++
+	}
+}
+
+// mark records a delivery settled by other means (a nack at shutdown).
+func (f *ackFrontier) mark(tag uint64) {
+	f.mu.Lock()
+	f.markLocked(tag)
+	f.mu.Unlock()
+}
+
+// ack acknowledges tag as described on ackFrontier.
+func (cc *consumeChannel) ack(tag uint64) error {
+	f := &cc.acks
+	f.mu.Lock()
+	if f.next == 0 {
+		f.next = 1
+	}
+	if tag != f.next {
+		f.mu.Unlock()
+		if err := cc.ch.Ack(tag, false); err != nil {
+			return err
+		}
+		f.mark(tag)
+		return nil
+	}
+	f.markLocked(tag)
+	// The multiple ack must name a tag that is itself still unacked:
+	// RabbitMQ closes the channel on an "unknown delivery tag", and tags
+	// between here and the frontier may have been rejected.
+	f.pending = tag
+	if f.flushing {
+		f.mu.Unlock() // the goroutine flushing now acks this one too
+		return nil
+	}
+	f.flushing = true
+	for {
+		upto := f.pending
+		if upto <= f.acked {
+			f.flushing = false
+			f.mu.Unlock()
+			return nil
+		}
+		f.mu.Unlock()
+		err := cc.ch.Ack(upto, true)
+		f.mu.Lock()
+		if err != nil {
+			f.flushing = false
+			f.mu.Unlock()
+			return err
+		}
+		f.acked = upto
+	}
+}
+
+// reject sends basic.reject for tag, then marks it settled.
+func (cc *consumeChannel) reject(tag uint64, requeue bool) error {
+	if err := cc.ch.Reject(tag, requeue); err != nil {
+		return err
+	}
+	cc.acks.mark(tag)
+	return nil
 }
 
 // deliveryRef is Delivery.Private: the generation and tag to settle with.
@@ -202,6 +304,7 @@ func (c *consumer) forward(cc *consumeChannel, s subscription, stop <-chan struc
 				// Never handed over: give it back now rather than at close.
 				cc.outstanding.Add(-1)
 				_ = cc.ch.Nack(d.DeliveryTag, false, true)
+				cc.acks.mark(d.DeliveryTag)
 				return
 			}
 		}
@@ -222,6 +325,7 @@ func (c *consumer) stop(cc *consumeChannel, subs []subscription) {
 			// closes the Go channel: requeue those at once.
 			for d := range s.deliveries {
 				_ = cc.ch.Nack(d.DeliveryTag, false, true)
+				cc.acks.mark(d.DeliveryTag)
 			}
 		}
 	}
