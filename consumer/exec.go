@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
 	"time"
@@ -86,7 +87,9 @@ func (w *Worker) execute(j *job) {
 		}
 		settleLate(acksOnFailure, true)
 	case o.err == nil:
-		w.log.Info(fmt.Sprintf("Task %s[%s] succeeded in %.6fs: %s", r.Name(), r.ID, runtime.Seconds(), protocol.Repr(o.value)))
+		if w.log.Enabled(context.Background(), slog.LevelInfo) { // the repr costs more than the task
+			w.log.Info(fmt.Sprintf("Task %s[%s] succeeded in %.6fs: %s", r.Name(), r.ID, runtime.Seconds(), protocol.Repr(o.value)))
+		}
 		if !ignore {
 			w.store(w.meta(r, results.Success, o.value))
 		}

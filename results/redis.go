@@ -248,6 +248,19 @@ func (r *Redis) Store(ctx context.Context, m *Meta) error {
 		return fmt.Errorf("%w: task %q state is %d bytes", ErrTooLarge, m.TaskID, len(data))
 	}
 	key := r.TaskKey(m.TaskID)
+	expires := r.expires
+	if m.Status == Failure {
+		expires = r.failExpires
+	}
+	// One round trip in the common case; the script says when the stored
+	// value needs Go to read its status.
+	done, err := r.storeScripted(ctx, key, data, expires)
+	if err != nil {
+		return fmt.Errorf("results: storing state of task %q: %w", m.TaskID, err)
+	}
+	if done {
+		return nil
+	}
 	cur, err := r.client.Get(ctx, key).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -262,14 +275,50 @@ func (r *Redis) Store(ctx context.Context, m *Meta) error {
 			return nil
 		}
 	}
-	expires := r.expires
-	if m.Status == Failure {
-		expires = r.failExpires
-	}
 	if err := r.set(ctx, key, data, expires); err != nil {
 		return fmt.Errorf("results: storing state of task %q: %w", m.TaskID, err)
 	}
 	return nil
+}
+
+// storeScript is Store's common case in one round trip, and atomic where
+// Celery's GET-then-MULTI is not: it writes (SETEX or SET, then PUBLISH)
+// unless the stored state is SUCCESS. Celery and this package write
+// "status" first, so the state is read from the prefix; any other stored
+// form (compressed, msgpack) returns -1 and Go decides.
+var storeScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local status = string.match(cur, '^{"status": "([^"]*)"')
+  if not status then
+    return -1
+  end
+  if status == 'SUCCESS' then
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+`)
+
+// storeScripted runs storeScript; done is false when Go must read the
+// stored state itself.
+func (r *Redis) storeScripted(ctx context.Context, key string, data []byte, expires time.Duration) (done bool, err error) {
+	ttl := int64(0)
+	if expires > 0 {
+		ttl = expires.Milliseconds()
+	}
+	n, err := storeScript.Run(ctx, r.client, []string{key}, data, ttl).Int()
+	if err != nil {
+		return false, err
+	}
+	return n >= 0, nil
 }
 
 // set is Celery's RedisBackend._set: SETEX (or SET) and PUBLISH in one
