@@ -1,0 +1,85 @@
+package redis
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+)
+
+// A worker killed with kill -9 is simulated by a helper process: this test
+// binary run again with helperEnv set, which consumes one message, prints
+// its tag and waits to be killed.
+const helperEnv = "GOCELERY_REDIS_TEST_HELPER"
+
+func runHelper() {
+	db, _ := strconv.Atoi(os.Getenv(helperEnv + "_DB"))
+	vt, _ := time.ParseDuration(os.Getenv(helperEnv + "_VT"))
+	ctx := context.Background()
+	b, err := Dial(ctx, redisURL(db), Options{
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		VisibilityTimeout: vt,
+		KeyPrefix:         os.Getenv(helperEnv + "_PREFIX"),
+		// Killed during a restore scan it would hold unacked_mutex for
+		// its 300 s (as a Python worker would), stopping the restores the
+		// tests wait for.
+		RestoreInterval: -1,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ds, err := b.Consume(ctx, []broker.Queue{{Name: os.Getenv(helperEnv + "_QUEUE")}}, 1)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	d := <-ds
+	fmt.Println(d.Tag)
+	select {} // until SIGKILL
+}
+
+// crashedConsumer starts a helper process that takes one message from
+// queue and is then killed with SIGKILL; it returns the message's tag.
+func crashedConsumer(t *testing.T, db int, prefix, queue string, vt time.Duration) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		helperEnv+"=1",
+		helperEnv+"_DB="+strconv.Itoa(db),
+		helperEnv+"_VT="+vt.String(),
+		helperEnv+"_PREFIX="+prefix,
+		helperEnv+"_QUEUE="+queue,
+	)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("helper: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	return strings.TrimSpace(line)
+}

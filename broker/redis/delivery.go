@@ -1,0 +1,294 @@
+package redis
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+)
+
+// state is where a received message stands.
+type state int
+
+const (
+	stateLive     state = iota // unsettled: kept alive
+	stateSettling              // Ack or Reject in flight
+	stateDeferred              // Ack or Reject to be retried once Redis answers: kept alive
+	stateDone                  // settled, or found restored by someone else
+	stateRestored              // given back by this process (Close, a stopping consumer)
+)
+
+// settleOp is what Ack or Reject asked for.
+type settleOp int
+
+const (
+	opAck settleOp = iota
+	opDrop
+	opRequeue
+)
+
+func (op settleOp) String() string {
+	return [...]string{"ack", "reject", "requeue"}[op]
+}
+
+// maxCandidates bounds the scores remembered for one delivery; see
+// inflight.scores.
+const maxCandidates = 16
+
+// inflight is one received message this process is responsible for, from
+// the BRPOP that took it until it is settled or given back. It is
+// Delivery.Private.
+type inflight struct {
+	b        *Broker
+	c        *consumer
+	seq      uint64 // order of receipt, for giving back in kombu's order
+	tag      string
+	list     string // the list it was popped from (prefixed)
+	envelope []byte // as popped
+	d        broker.Delivery
+
+	mu    sync.Mutex
+	state state
+	// scores are the unacked_index scores this process may have left for
+	// tag: the last one written, plus any whose write failed in a way
+	// that does not say whether it happened. Settling and refreshing
+	// accept any of them (see scripts.go).
+	scores []float64
+	op     settleOp // for stateDeferred
+	lost   bool     // a refresh found it restored by someone else
+
+	tagged bool // counted in Broker.liveTags; guarded by Broker.mu
+}
+
+// score returns the unacked_index score for t: seconds since the epoch as
+// a float, as Python's time.time().
+func score(t time.Time) float64 {
+	return float64(t.UnixNano()) / 1e9
+}
+
+func scoreArgs(scores []float64) []any {
+	out := make([]any, len(scores))
+	for i, s := range scores {
+		out[i] = s
+	}
+	return out
+}
+
+// addScore remembers a score about to be written. f.mu is held.
+func (f *inflight) addScore(s float64) {
+	if len(f.scores) >= maxCandidates {
+		f.scores = slices.Delete(f.scores, 0, len(f.scores)-maxCandidates+1)
+	}
+	f.scores = append(f.scores, s)
+}
+
+// addLive registers f as received and recorded.
+func (b *Broker) addLive(f *inflight) {
+	b.mu.Lock()
+	b.seq++
+	f.seq = b.seq
+	b.live[f] = struct{}{}
+	b.liveTags[f.tag]++
+	f.tagged = true
+	b.mu.Unlock()
+}
+
+// dropLive forgets f.
+func (b *Broker) dropLive(f *inflight) {
+	b.mu.Lock()
+	delete(b.live, f)
+	b.untagLocked(f)
+	b.mu.Unlock()
+}
+
+// untag stops shielding f's tag from this process's restorer: the
+// message under that tag is someone else's now.
+func (b *Broker) untag(f *inflight) {
+	b.mu.Lock()
+	b.untagLocked(f)
+	b.mu.Unlock()
+}
+
+func (b *Broker) untagLocked(f *inflight) {
+	if !f.tagged {
+		return
+	}
+	f.tagged = false
+	if b.liveTags[f.tag]--; b.liveTags[f.tag] <= 0 {
+		delete(b.liveTags, f.tag)
+	}
+}
+
+func (b *Broker) isLiveTag(tag string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.liveTags[tag] > 0
+}
+
+// liveSnapshot returns the live deliveries in order of receipt.
+func (b *Broker) liveSnapshot() []*inflight {
+	b.mu.Lock()
+	fs := make([]*inflight, 0, len(b.live))
+	for f := range b.live {
+		fs = append(fs, f)
+	}
+	b.mu.Unlock()
+	sort.Slice(fs, func(i, j int) bool { return fs[i].seq < fs[j].seq })
+	return fs
+}
+
+// Ack acknowledges d: the message is removed from unacked (ZREM + HDEL,
+// as kombu's ack). A delivery another consumer restored meanwhile (its
+// visibility timeout passed while this process could not refresh it)
+// returns broker.ErrStaleDelivery, and the restored copy is left alone. If
+// Redis cannot be reached the ack is kept and retried in the background
+// until it lands (the delivery is kept alive meanwhile), and Ack returns
+// nil.
+func (b *Broker) Ack(d *broker.Delivery) error {
+	return b.settle(d, opAck)
+}
+
+// Reject drops d (requeue false, as kombu: there is no dead-lettering on
+// Redis) or gives it back to the back of the list it came from (requeue
+// true, LPUSH, as kombu's reject), marked redelivered in headers and
+// delivery_info. Errors and outages are as for Ack.
+func (b *Broker) Reject(d *broker.Delivery, requeue bool) error {
+	if requeue {
+		return b.settle(d, opRequeue)
+	}
+	return b.settle(d, opDrop)
+}
+
+func (b *Broker) settle(d *broker.Delivery, op settleOp) error {
+	f, ok := d.Private.(*inflight)
+	if !ok || f.b != b {
+		return ErrForeignDelivery
+	}
+	f.mu.Lock()
+	switch f.state {
+	case stateLive:
+	case stateRestored:
+		f.mu.Unlock()
+		return broker.ErrStaleDelivery
+	default:
+		f.mu.Unlock()
+		return ErrAlreadySettled
+	}
+	f.state = stateSettling
+	scores := slices.Clone(f.scores)
+	f.mu.Unlock()
+
+	ctx, cancel := opContext()
+	defer cancel()
+	ours, err := b.apply(ctx, f, op, scores)
+	switch {
+	case err == nil:
+		f.finish(stateDone)
+		if !ours {
+			return fmt.Errorf("redis: %s delivery %s: restored by another consumer meanwhile: %w", op, f.tag, broker.ErrStaleDelivery)
+		}
+		return nil
+	case isConnError(err):
+		f.mu.Lock()
+		f.state, f.op = stateDeferred, op
+		f.mu.Unlock()
+		f.c.release()
+		b.keeper.poke()
+		return nil
+	default:
+		f.mu.Lock()
+		f.state = stateLive
+		f.mu.Unlock()
+		return fmt.Errorf("redis: %s delivery %s: %w", op, f.tag, err)
+	}
+}
+
+// finish ends f's life as a delivery of this process.
+func (f *inflight) finish(s state) {
+	f.mu.Lock()
+	prev := f.state
+	f.state = s
+	f.mu.Unlock()
+	f.b.dropLive(f)
+	if prev != stateDeferred { // a deferred settle gave its credit back already
+		f.c.release()
+	}
+}
+
+// apply runs op for f with the given candidate scores; ours is false when
+// the delivery was no longer this process's.
+func (b *Broker) apply(ctx context.Context, f *inflight, op settleOp, scores []float64) (ours bool, err error) {
+	var n int64
+	switch op {
+	case opRequeue:
+		n, err = b.requeue(ctx, f, "LPUSH", scores)
+	default:
+		args := append([]any{f.tag}, scoreArgs(scores)...)
+		n, err = settleScript.Run(ctx, b.client, []string{b.keys.unacked(), b.keys.unackedIdx()}, args...).Int64()
+		b.health.observe(err)
+	}
+	return n == 1, err
+}
+
+// requeue pushes f back on its list (push is LPUSH or RPUSH), marked
+// redelivered, if it is still this process's.
+func (b *Broker) requeue(ctx context.Context, f *inflight, push string, scores []float64) (int64, error) {
+	payload, err := markRedelivered(f.envelope)
+	if err != nil {
+		payload = f.envelope // ParseEnvelope took it; push it back as it came
+	}
+	args := append([]any{f.tag, payload, push}, scoreArgs(scores)...)
+	n, err := requeueScript.Run(ctx, b.client, []string{b.keys.unacked(), b.keys.unackedIdx(), f.list}, args...).Int64()
+	b.health.observe(err)
+	return n, err
+}
+
+// restoreLive gives back, at shutdown, every live delivery: RPUSH to the
+// front of its list, newest first, so the oldest is consumed first again,
+// as kombu's restore_unacked does.
+func (b *Broker) restoreLive(ctx context.Context) {
+	fs := b.liveSnapshot()
+	failed := 0
+	for i := len(fs) - 1; i >= 0; i-- {
+		f := fs[i]
+		f.mu.Lock()
+		if f.state != stateLive {
+			f.mu.Unlock()
+			continue // settling, or deferred: the keeper's last flush
+		}
+		f.state = stateRestored
+		scores := slices.Clone(f.scores)
+		f.mu.Unlock()
+		if _, err := b.requeue(ctx, f, "RPUSH", scores); err != nil {
+			failed++
+		}
+		f.finish(stateRestored)
+	}
+	if failed > 0 {
+		b.logger.Error("redis: could not give back unsettled deliveries at close; the visibility timeout will restore them",
+			"count", failed, "visibility_timeout", b.opts.VisibilityTimeout)
+	}
+}
+
+// deliveryInfoRedelivered reports properties.delivery_info.redelivered,
+// which protocol.ParseEnvelope does not keep. Only envelopes that mention
+// the word are decoded again.
+func deliveryInfoRedelivered(envelope []byte) bool {
+	if !bytes.Contains(envelope, []byte(`"redelivered"`)) {
+		return false
+	}
+	var m struct {
+		Properties struct {
+			DeliveryInfo struct {
+				Redelivered bool `json:"redelivered"`
+			} `json:"delivery_info"`
+		} `json:"properties"`
+	}
+	return json.Unmarshal(envelope, &m) == nil && m.Properties.DeliveryInfo.Redelivered
+}
