@@ -20,6 +20,7 @@
 //	}
 //
 // Run it as: ./myworker --broker amqp://guest:guest@localhost:5672// --result-backend redis://localhost:6379/0 -Q proj
+// (or --broker redis://localhost:6379/0 for Redis as broker).
 package worker
 
 import (
@@ -38,6 +39,7 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/broker/amqp"
+	"github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/results"
 )
@@ -51,6 +53,10 @@ type Options struct {
 	Config           consumer.Config
 	LogLevel         slog.Level
 	CPUProfile       string
+	// VisibilityTimeout and RestoreInterval are kombu's Redis
+	// visibility_timeout and unacked_restore_interval.
+	VisibilityTimeout time.Duration
+	RestoreInterval   time.Duration
 }
 
 // ParseFlags reads Celery-like flags; environment variables
@@ -66,7 +72,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 		}
 		return def
 	}
-	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://; env CELERY_BROKER_URL)")
+	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://, redis://, rediss://; env CELERY_BROKER_URL)")
 	fs.StringVar(&o.BrokerURL, "b", o.BrokerURL, "shorthand for --broker")
 	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://; env CELERY_RESULT_BACKEND); empty stores nothing")
 	var queues string
@@ -87,6 +93,8 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", "", "exchange for dead-lettered messages (default: queue <queue>.<reason>)")
 	fs.IntVar(&o.MaxPriority, "max-priority", 0, "declare queues with x-max-priority (task_queue_max_priority)")
 	unknown := fs.String("unknown-tasks", "dead-letter", "unregistered task names: dead-letter (store FAILURE, move to <queue>.unregistered) or requeue")
+	fs.DurationVar(&o.VisibilityTimeout, "visibility-timeout", time.Hour, "Redis broker: unacked messages of a dead worker come back after this (kombu's visibility_timeout); a live worker keeps its own from expiring")
+	fs.DurationVar(&o.RestoreInterval, "restore-interval", 10*time.Second, "Redis broker: how often to bring back unacked messages past the visibility timeout (kombu's unacked_restore_interval)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
 	level := fs.String("loglevel", "info", "debug, info, warning, error")
 	fs.StringVar(level, "l", "info", "shorthand for --loglevel")
@@ -167,7 +175,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 
-	b, closeBroker, err := openBroker(runCtx, o.BrokerURL, log)
+	b, closeBroker, err := openBroker(runCtx, o, log)
 	if err != nil {
 		return err
 	}
@@ -203,7 +211,8 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	return w.Run(runCtx)
 }
 
-func openBroker(ctx context.Context, url string, log *slog.Logger) (consumer.Broker, func(), error) {
+func openBroker(ctx context.Context, o *Options, log *slog.Logger) (consumer.Broker, func(), error) {
+	url := o.BrokerURL
 	scheme, _, _ := strings.Cut(url, "://")
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
@@ -212,6 +221,12 @@ func openBroker(ctx context.Context, url string, log *slog.Logger) (consumer.Bro
 			return nil, nil, fmt.Errorf("broker: %w", err)
 		}
 		return b, func() { b.Close() }, nil
+	case "redis", "rediss":
+		b, err := redis.Dial(ctx, url, redis.Options{Logger: log, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
+		if err != nil {
+			return nil, nil, fmt.Errorf("broker: %w", err)
+		}
+		return b, func() { b.Close() }, nil
 	}
-	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://)", scheme)
+	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://)", scheme)
 }

@@ -2,6 +2,8 @@
 //
 // Usage:
 //
+//	gocelery demo [--keep-running]     broker, worker and producer in one process, no services needed
+//	gocelery worker -Q queue [flags]   a worker with the built-in interop.* tasks
 //	gocelery decode [flags] [file|-]   print a captured task message as Celery sees it
 //
 // Run "gocelery help" for the list of commands.
@@ -25,6 +27,8 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"demo", "run a broker, a Go worker and a producer in this process, and show tasks moving through states", runDemo},
+		{"worker", "run a worker with the built-in interop.* tasks (your own tasks: build a binary with worker.Main)", runWorker},
 		{"decode", "print a captured task message (Redis envelope, AMQP body, fixture) as Celery sees it", runDecode},
 	}
 }

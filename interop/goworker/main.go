@@ -12,19 +12,11 @@ import (
 
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/interop/tasks"
-	"github.com/gocelery/gocelery/results"
 	"github.com/gocelery/gocelery/worker"
 )
 
 func main() {
-	mux := consumer.NewMux()
-	err := worker.Run(context.Background(), os.Args[1:], mux, os.Stderr, func(mux *consumer.Mux, rb *results.Redis) {
-		if rb != nil {
-			tasks.Register(mux, rb.Client()) // interop.counter uses the backend's Redis
-		} else {
-			tasks.Register(mux, nil)
-		}
-	})
+	err := worker.Run(context.Background(), os.Args[1:], consumer.NewMux(), os.Stderr, tasks.Setup)
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "goworker:", err)
 		os.Exit(1)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
 )
 
 // ValueError is a failure Python re-raises as ValueError.
@@ -202,4 +203,14 @@ func toFloat(v any) (float64, bool) {
 		return f, true
 	}
 	return 0, false
+}
+
+// Setup registers the contract on a worker whose result backend is open:
+// interop.counter uses the backend's Redis. It fits worker.Run's setup.
+func Setup(mux *consumer.Mux, backend *results.Redis) {
+	if backend != nil {
+		Register(mux, backend.Client())
+		return
+	}
+	Register(mux, nil)
 }
