@@ -289,8 +289,9 @@ def delete_queues(names):
 
 def message_count(name):
     """Messages ready in queue name (passive declare), None if it does not
-    exist."""
-    from amqp.exceptions import NotFound
+    exist. On Redis a queue is a list, which does not exist when empty, so
+    there a missing queue counts 0."""
+    from amqp.exceptions import ChannelError, NotFound
     from kombu import Connection
 
     with Connection(BROKER_URL, connect_timeout=5) as conn:
@@ -299,6 +300,10 @@ def message_count(name):
             return ch.queue_declare(queue=name, passive=True).message_count
         except NotFound:
             return None
+        except ChannelError:
+            if BROKER_URL.startswith("redis"):
+                return 0
+            raise
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ Run a worker with::
 
 (run from interop/python, or with it on PYTHONPATH).
 """
+import json
 import os
 import time
 
@@ -40,6 +41,10 @@ app.conf.update(
     accept_content=["json", "msgpack"],
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
+    # Reliability tests set these: kombu's visibility timeout and restore
+    # cadence on Redis, and late acks.
+    broker_transport_options=json.loads(os.environ.get("PYINTEROP_TRANSPORT_OPTIONS", "{}")),
+    task_acks_late=os.environ.get("PYINTEROP_ACKS_LATE") == "1",
 )
 
 
