@@ -2,7 +2,9 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,7 +140,12 @@ func (c *consumer) run() {
 		if !c.waitCredit() {
 			return
 		}
-		key, payload, err := c.poll.pop(c.ctx, c.keys(), c.b.opts.PollTimeout)
+		keys := c.keys()
+		key, payload, recorded, err := c.popRecorded(keys)
+		if err == nil && payload == nil { // all empty: wait, as kombu does
+			key, payload, err = c.poll.pop(c.ctx, keys, c.b.opts.PollTimeout)
+			recorded = 0
+		}
 		c.b.health.observe(err)
 		if err != nil {
 			if !sleep(backoff(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
@@ -158,11 +165,15 @@ func (c *consumer) run() {
 			continue
 		}
 		if c.ctx.Err() != nil {
-			c.pushBack(key, payload)
+			if recorded == 0 {
+				c.pushBack(key, payload)
+			} else if f := c.receive(key, queue, payload, recorded); f != nil {
+				c.giveBack(f) // recorded by the pop: settle it as it goes back
+			}
 			return
 		}
 		c.rotate(queue)
-		f := c.receive(key, queue, payload)
+		f := c.receive(key, queue, payload, recorded)
 		if f == nil {
 			continue
 		}
@@ -175,11 +186,39 @@ func (c *consumer) run() {
 	}
 }
 
+// popRecorded is the non-blocking, atomic pop (popRecordScript). It
+// returns the list, the message and the score it was recorded with (0 when
+// Go must record it), or a nil message when every list is empty.
+func (c *consumer) popRecorded(keys []string) (string, []byte, float64, error) {
+	s := score(time.Now())
+	args := make([]any, 0, 1+len(keys))
+	args = append(args, strconv.FormatFloat(s, 'f', -1, 64))
+	for _, k := range keys {
+		args = append(args, c.lists[k])
+	}
+	all := append([]string{c.b.keys.unacked(), c.b.keys.unackedIdx()}, keys...)
+	res, err := popRecordScript.Run(c.ctx, c.b.client, all, args...).Slice()
+	if errors.Is(err, redis.Nil) {
+		return "", nil, 0, nil
+	}
+	if err != nil || len(res) != 3 {
+		return "", nil, 0, err
+	}
+	key, _ := res[0].(string)
+	msg, _ := res[1].(string)
+	if n, _ := res[2].(int64); n != 1 {
+		s = 0
+	}
+	return key, []byte(msg), s, nil
+}
+
 // receive turns a popped message into a delivery and records it in
 // unacked and unacked_index (one MULTI, kombu's QoS.append), retrying
 // while Redis is unreachable: the message exists only in this process
 // until then. nil means the message was dropped or given back.
-func (c *consumer) receive(list, queue string, payload []byte) *inflight {
+//
+// recorded is the unacked_index score popRecordScript already wrote, or 0.
+func (c *consumer) receive(list, queue string, payload []byte, recorded float64) *inflight {
 	// No size limit: the message is in memory already, and refusing it
 	// would lose it. protocol.Decode bounds the body.
 	env, err := protocol.ParseEnvelope(payload, len(payload)+1)
@@ -211,6 +250,12 @@ func (c *consumer) receive(list, queue string, payload []byte) *inflight {
 	}
 	entry := unackedEntry(payload, exchange, routingKey)
 	c.unacks.Add(1)
+	if recorded != 0 && tag == env.DeliveryTag {
+		f.addScore(recorded)
+		f.scores = []float64{recorded}
+		c.b.addLive(f)
+		return f
+	}
 	// Not cancelled with the consumer: a stop waits for this round trip.
 	ctx := context.WithoutCancel(c.ctx)
 	for attempt := 0; ; attempt++ {

@@ -126,3 +126,45 @@ var releaseScript = redis.NewScript(`
         redis.call('del', KEYS[1])
         return 1
     `)
+
+// popRecordScript pops the next message from the first non-empty list
+// (KEYS[3..], in BRPOP's order) and records it in unacked and
+// unacked_index in the same step, with kombu's entry format. kombu pops
+// with BRPOP and records afterwards: a worker killed in between loses the
+// message. Here the pop and the record are one atomic script; BRPOP is
+// only used to wait while every list is empty. A message without a
+// delivery tag (not from kombu) is returned unrecorded (third value 0) for
+// Go to record.
+//
+// KEYS: unacked, unacked_index, lists...; ARGV: score, then the queue name
+// of each list (the routing key to record when the envelope has none).
+var popRecordScript = redis.NewScript(`
+local function pystr(s)
+  if string.match(s, '^[%w%.%-_:@]*$') then
+    return '"' .. s .. '"'
+  end
+  return cjson.encode(s)
+end
+for i = 3, #KEYS do
+  local msg = redis.call('RPOP', KEYS[i])
+  if msg then
+    local ok, env = pcall(cjson.decode, msg)
+    if ok and type(env) == 'table' and type(env.properties) == 'table'
+        and type(env.properties.delivery_tag) == 'string' and env.properties.delivery_tag ~= '' then
+      local ex, rk = '', ''
+      local di = env.properties.delivery_info
+      if type(di) == 'table' then
+        if type(di.exchange) == 'string' then ex = di.exchange end
+        if type(di.routing_key) == 'string' then rk = di.routing_key end
+      end
+      if ex == '' and rk == '' then rk = ARGV[i - 1] end
+      local tag = env.properties.delivery_tag
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. msg .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
+      return {KEYS[i], msg, 1}
+    end
+    return {KEYS[i], msg, 0}
+  end
+end
+return false
+`)
