@@ -2,18 +2,16 @@ package results
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gocelery/gocelery/internal/redisurl"
 )
 
 // Sentinel errors callers branch on; returned errors wrap them.
@@ -141,67 +139,13 @@ func OpenRedis(rawURL string, opts Options) (*Redis, error) {
 			return nil, fmt.Errorf("results: unknown result compression %q: %w", opts.Compression, protocol.ErrUnsupportedCompression)
 		}
 	}
-	u, err := url.Parse(rawURL)
+	ropts, err := redisurl.Parse(rawURL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("results: parsing backend URL: %w", err)
-	}
-	q := u.Query()
-	ssl := make(map[string]string)
-	for _, k := range [...]string{"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"} {
-		if q.Has(k) {
-			ssl[k] = q.Get(k)
-			q.Del(k)
-		}
-	}
-	u.RawQuery = q.Encode()
-	ropts, err := redis.ParseURL(u.String())
-	if err != nil {
-		return nil, fmt.Errorf("results: parsing backend URL: %w", err)
-	}
-	if len(ssl) > 0 {
-		if ropts.TLSConfig == nil {
-			return nil, fmt.Errorf("results: ssl_* parameters need a rediss:// URL")
-		}
-		if err := applySSL(ropts.TLSConfig, ssl); err != nil {
-			return nil, err
-		}
+		return nil, fmt.Errorf("results: backend URL: %w", err)
 	}
 	r := NewRedis(redis.NewClient(ropts), opts)
 	r.ownsClient = true
 	return r, nil
-}
-
-// applySSL maps Celery's redis-py SSL URL parameters onto cfg.
-func applySSL(cfg *tls.Config, ssl map[string]string) error {
-	switch strings.ToLower(strings.TrimPrefix(strings.ToUpper(ssl["ssl_cert_reqs"]), "CERT_")) {
-	case "", "required", "optional":
-	case "none":
-		cfg.InsecureSkipVerify = true
-	default:
-		return fmt.Errorf("results: invalid ssl_cert_reqs %q", ssl["ssl_cert_reqs"])
-	}
-	if path := ssl["ssl_ca_certs"]; path != "" {
-		pem, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("results: ssl_ca_certs: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("results: ssl_ca_certs %s: no PEM certificates", path)
-		}
-		cfg.RootCAs = pool
-	}
-	if cert, key := ssl["ssl_certfile"], ssl["ssl_keyfile"]; cert != "" || key != "" {
-		if key == "" {
-			key = cert // redis-py accepts a certfile holding the key too
-		}
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return fmt.Errorf("results: ssl_certfile/ssl_keyfile: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	return nil
 }
 
 // Client returns the Redis client, for operations this package does not

@@ -2,14 +2,14 @@ package redis
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/gocelery/gocelery/internal/redisurl"
 )
 
 // ErrURL is returned by Dial for a broker URL it cannot use.
@@ -34,66 +34,13 @@ func parseURL(raw string, tlsConfig *tls.Config) (*redis.Options, string, error)
 	default:
 		return nil, "", fmt.Errorf("%w: scheme %q (want redis, rediss or unix)", ErrURL, u.Scheme)
 	}
-	q := u.Query()
-	ssl := make(map[string]string)
-	for _, k := range [...]string{"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"} {
-		if q.Has(k) {
-			ssl[k] = q.Get(k)
-			q.Del(k)
-		}
-	}
-	u.RawQuery = q.Encode()
-	opts, err := redis.ParseURL(u.String())
+	opts, err := redisurl.Parse(raw, tlsConfig)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %s: %v", ErrURL, redacted, err)
-	}
-	if opts.TLSConfig != nil {
-		if tlsConfig != nil {
-			host := opts.TLSConfig.ServerName
-			opts.TLSConfig = tlsConfig.Clone()
-			if opts.TLSConfig.ServerName == "" {
-				opts.TLSConfig.ServerName = host
-			}
+		if errors.Is(err, redisurl.ErrURL) {
+			return nil, "", fmt.Errorf("%w: %s: %v", ErrURL, redacted, err)
 		}
-		if err := applySSL(opts.TLSConfig, ssl); err != nil {
-			return nil, "", err
-		}
-	} else if len(ssl) > 0 {
-		return nil, "", fmt.Errorf("%w: ssl_* parameters need a rediss:// URL", ErrURL)
+		return nil, "", err
 	}
 	opts.ContextTimeoutEnabled = true
 	return opts, redacted, nil
-}
-
-// applySSL maps Celery's redis-py SSL URL parameters onto cfg.
-func applySSL(cfg *tls.Config, ssl map[string]string) error {
-	switch strings.ToLower(strings.TrimPrefix(strings.ToUpper(ssl["ssl_cert_reqs"]), "CERT_")) {
-	case "", "required", "optional":
-	case "none":
-		cfg.InsecureSkipVerify = true
-	default:
-		return fmt.Errorf("%w: ssl_cert_reqs %q", ErrURL, ssl["ssl_cert_reqs"])
-	}
-	if path := ssl["ssl_ca_certs"]; path != "" {
-		pem, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("redis: ssl_ca_certs: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("%w: ssl_ca_certs %s holds no PEM certificate", ErrURL, path)
-		}
-		cfg.RootCAs = pool
-	}
-	if cert, key := ssl["ssl_certfile"], ssl["ssl_keyfile"]; cert != "" || key != "" {
-		if key == "" {
-			key = cert // redis-py accepts a certfile holding the key too
-		}
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return fmt.Errorf("redis: ssl_certfile/ssl_keyfile: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	return nil
 }
