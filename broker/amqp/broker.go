@@ -32,6 +32,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/backoff"
 )
 
 // ErrForeignDelivery is returned by Ack and Reject for a delivery that
@@ -210,7 +211,7 @@ func (b *Broker) dial(ctx context.Context) (*amqp.Connection, error) {
 }
 
 func (b *Broker) backoff(attempt int) time.Duration {
-	return backoff(attempt, b.opts.MinBackoff, b.opts.MaxBackoff)
+	return backoff.Delay(attempt, b.opts.MinBackoff, b.opts.MaxBackoff)
 }
 
 func (b *Broker) isClosed() bool {

@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/backoff"
 )
 
 // closeTimeout bounds the connection.close handshake on Close, so a broker
@@ -136,7 +137,7 @@ func (c *connector) watch(s *session) bool {
 // reconnect dials until it succeeds; nil means shutdown.
 func (c *connector) reconnect() *session {
 	for attempt := 0; ; attempt++ {
-		if !sleep(backoff(attempt, c.minBackoff, c.maxBackoff), c.done) {
+		if !backoff.Sleep(backoff.Delay(attempt, c.minBackoff, c.maxBackoff), c.done) {
 			return nil
 		}
 		s, err := c.open(c.ctx, true)

@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/backoff"
 )
 
 // consumeChannel is one generation of a consumer's channel. Every
@@ -346,7 +347,7 @@ func (c *consumer) stop(cc *consumeChannel, subs []subscription) {
 // resume resubscribes after a loss, with backoff; false means stopped.
 func (c *consumer) resume() (*consumeChannel, []subscription, bool) {
 	for attempt := 0; ; attempt++ {
-		if !sleep(c.b.backoff(attempt), c.ctx.Done()) {
+		if !backoff.Sleep(c.b.backoff(attempt), c.ctx.Done()) {
 			return nil, nil, false
 		}
 		cc, subs, err := c.setup(c.ctx, true)

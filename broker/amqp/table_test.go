@@ -263,24 +263,3 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
-
-func TestBackoff(t *testing.T) {
-	lo, hi := 100*time.Millisecond, 5*time.Second
-	tests := []struct {
-		attempt  int
-		min, max time.Duration
-	}{
-		{0, 50 * time.Millisecond, 100 * time.Millisecond},
-		{1, 100 * time.Millisecond, 200 * time.Millisecond},
-		{3, 400 * time.Millisecond, 800 * time.Millisecond},
-		{10, 2500 * time.Millisecond, 5 * time.Second},
-		{1000, 2500 * time.Millisecond, 5 * time.Second},
-	}
-	for _, tt := range tests {
-		for range 100 {
-			if d := backoff(tt.attempt, lo, hi); d < tt.min || d > tt.max {
-				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", tt.attempt, d, tt.min, tt.max)
-			}
-		}
-	}
-}

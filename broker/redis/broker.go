@@ -54,6 +54,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/backoff"
 	"github.com/gocelery/gocelery/protocol"
 )
 
@@ -260,7 +261,7 @@ func (b *Broker) retry(ctx context.Context, op func(context.Context) error) erro
 		if ctx.Err() != nil {
 			return err
 		}
-		t := time.NewTimer(backoff(attempt, minBackoff, maxBackoff))
+		t := time.NewTimer(backoff.Delay(attempt, minBackoff, maxBackoff))
 		select {
 		case <-t.C:
 		case <-ctx.Done():

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/backoff"
 	"github.com/gocelery/gocelery/protocol"
 )
 
@@ -148,7 +149,7 @@ func (c *consumer) run() {
 		}
 		c.b.health.observe(err)
 		if err != nil {
-			if !sleep(backoff(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
+			if !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
 				return
 			}
 			attempt++
@@ -271,7 +272,7 @@ func (c *consumer) receive(list, queue string, payload []byte, recorded float64)
 			f.scores = []float64{s}
 			break
 		}
-		if !isConnError(err) || !sleep(backoff(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
+		if !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
 			if isConnError(err) {
 				err = c.ctx.Err()
 			}
@@ -310,7 +311,7 @@ func (c *consumer) giveBack(f *inflight) {
 			return
 		case err == nil:
 			return
-		case !isConnError(err) || !sleep(backoff(attempt, minBackoff, maxBackoff), ctx.Done()):
+		case !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), ctx.Done()):
 			c.b.logger.Error("redis: could not give back a message at stop; the visibility timeout restores it only if it was recorded",
 				"queue", f.d.Queue, "tag", f.tag, "error", err, "message", truncate(f.envelope, 4096))
 			return
@@ -328,7 +329,7 @@ func (c *consumer) pushBack(list string, payload []byte) {
 		if err == nil {
 			return
 		}
-		if !isConnError(err) || !sleep(backoff(attempt, minBackoff, maxBackoff), ctx.Done()) {
+		if !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), ctx.Done()) {
 			c.b.logger.Error("redis: lost a received message: could not give it back",
 				"list", list, "error", err, "message", truncate(payload, 4096))
 			return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,30 +104,4 @@ func isTransientReply(err error) bool {
 		}
 	}
 	return false
-}
-
-// backoff returns the delay before retry n (0-based): lo doubled n times,
-// capped at hi, with "equal jitter" (a uniformly random half added to the
-// other half), so workers that lost Redis together do not come back in
-// lockstep.
-func backoff(n int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 0; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	half := d / 2
-	return half + rand.N(d-half+1)
-}
-
-// sleep waits for d or until done is closed; it reports whether d passed.
-func sleep(d time.Duration, done <-chan struct{}) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-done:
-		return false
-	}
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/gocelery/gocelery/internal/backoff"
 )
 
 // refreshBatch bounds the deliveries refreshed by one script call.
@@ -90,7 +92,7 @@ func (k *keeper) loop() {
 			cancel()
 		}
 		if retryC == nil && k.deferred() > 0 {
-			retry = time.NewTimer(backoff(attempt, minBackoff, maxBackoff))
+			retry = time.NewTimer(backoff.Delay(attempt, minBackoff, maxBackoff))
 			retryC = retry.C
 		}
 	}
