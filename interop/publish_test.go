@@ -33,7 +33,9 @@ type publisher interface {
 	Close() error
 }
 
-func TestGoPublishesPythonRuns(t *testing.T) {
+// celeryBinary is the pinned venv's celery command.
+func celeryBinary(t *testing.T) string {
+	t.Helper()
 	venv, err := filepath.Abs("../.venv/bin/celery")
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +43,11 @@ func TestGoPublishesPythonRuns(t *testing.T) {
 	if _, err := os.Stat(venv); err != nil {
 		t.Fatalf("no Celery venv (run scripts/services.sh): %v", err)
 	}
+	return venv
+}
+
+func TestGoPublishesPythonRuns(t *testing.T) {
+	venv := celeryBinary(t)
 	for _, tc := range []struct {
 		name, url string
 		dial      func(ctx context.Context, url string) (publisher, error)

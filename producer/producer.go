@@ -1,0 +1,324 @@
+// Package producer sends tasks that Celery workers (Python or Go) run,
+// with apply_async's options, and reads their results back (AsyncResult).
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
+)
+
+// Broker is what the producer needs from a transport.
+type Broker interface {
+	Declare(ctx context.Context, qs ...broker.Queue) error
+	Publish(ctx context.Context, p broker.Publishing) error
+}
+
+// Backend is what AsyncResult needs from the result backend;
+// *results.Redis provides it.
+type Backend interface {
+	Get(ctx context.Context, taskID string) (*results.Meta, error)
+	Wait(ctx context.Context, taskID string) (*results.Meta, error)
+	Forget(ctx context.Context, taskID string) error
+}
+
+// Route sends tasks whose name matches to a destination, as an entry of
+// Celery's task_routes does. Pattern is an exact name or a glob ("proj.*");
+// Regexp, when set, is used instead.
+type Route struct {
+	Pattern    string
+	Regexp     *regexp.Regexp
+	Queue      string
+	Exchange   string
+	RoutingKey string
+	Priority   *int
+}
+
+func (r Route) matches(name string) bool {
+	if r.Regexp != nil {
+		return r.Regexp.MatchString(name)
+	}
+	if r.Pattern == name {
+		return true
+	}
+	ok, _ := path.Match(r.Pattern, name)
+	return ok
+}
+
+// Config configures a Producer.
+type Config struct {
+	// DefaultQueue is task_default_queue; "" means Celery's "celery".
+	DefaultQueue string
+	// Routes are tried in order, as task_routes; explicit options win.
+	Routes []Route
+	// Serializer ("json" or "msgpack") and Compression as task_serializer
+	// and task_compression.
+	Serializer, Compression string
+	// Origin is the "origin" header; "" means "gen<pid>@<host>", as
+	// Celery's producers outside a worker write.
+	Origin string
+}
+
+// Producer publishes task messages. It is safe for concurrent use.
+type Producer struct {
+	broker   Broker
+	backend  Backend
+	cfg      Config
+	declared sync.Map // queue names declared already, as kombu caches them
+	enc      protocol.Encoder
+}
+
+// New returns a producer; backend may be nil when no result is read.
+func New(b Broker, backend Backend, cfg Config) *Producer {
+	if cfg.DefaultQueue == "" {
+		cfg.DefaultQueue = "celery"
+	}
+	if cfg.Origin == "" {
+		host, _ := os.Hostname()
+		cfg.Origin = "gen" + strconv.Itoa(os.Getpid()) + "@" + host
+	}
+	return &Producer{broker: b, backend: backend, cfg: cfg,
+		enc: protocol.Encoder{Serializer: cfg.Serializer, Compression: cfg.Compression}}
+}
+
+// Options are apply_async's options. Build them with the Option functions.
+type Options struct {
+	TaskID                      string
+	Queue, Exchange, RoutingKey string
+	ETA                         time.Time
+	Expires                     time.Time
+	Priority                    *int
+	Retries                     int
+	TimeLimit                   protocol.TimeLimit
+	Headers                     map[string]any
+	IgnoreResult                bool
+	Link, LinkError             []protocol.Signature
+	Shadow                      string
+	RootID, ParentID            string
+	ReplyTo                     string
+}
+
+// Option sets one apply_async option.
+type Option func(*Options)
+
+// TaskID sets the task id (default: a new UUID4).
+func TaskID(id string) Option { return func(o *Options) { o.TaskID = id } }
+
+// Queue routes to a queue (published on the default exchange, as Celery does).
+func Queue(q string) Option { return func(o *Options) { o.Queue = q } }
+
+// Exchange publishes to a named exchange with a routing key.
+func Exchange(exchange, routingKey string) Option {
+	return func(o *Options) { o.Exchange, o.RoutingKey = exchange, routingKey }
+}
+
+// Countdown delays execution by d (eta = now + d).
+func Countdown(d time.Duration) Option { return func(o *Options) { o.ETA = time.Now().Add(d).UTC() } }
+
+// ETA sets the earliest execution time.
+func ETA(t time.Time) Option { return func(o *Options) { o.ETA = t } }
+
+// Expires sets the time after which the task is not run.
+func Expires(t time.Time) Option { return func(o *Options) { o.Expires = t } }
+
+// ExpiresIn sets expiry d from now.
+func ExpiresIn(d time.Duration) Option {
+	return func(o *Options) { o.Expires = time.Now().Add(d).UTC() }
+}
+
+// Priority sets the message priority (RabbitMQ: higher first; Redis: 0 first).
+func Priority(p int) Option { return func(o *Options) { o.Priority = &p } }
+
+// Retries sets the retries count the task starts with.
+func Retries(n int) Option { return func(o *Options) { o.Retries = n } }
+
+// TimeLimit sets the hard and soft limits ("timelimit" header, [hard, soft]).
+func TimeLimit(hard, soft time.Duration) Option {
+	return func(o *Options) { o.TimeLimit = protocol.TimeLimit{Hard: hard, Soft: soft} }
+}
+
+// Headers adds custom headers (apply_async(headers=...)).
+func Headers(h map[string]any) Option { return func(o *Options) { o.Headers = h } }
+
+// IgnoreResult asks the worker not to store the result.
+func IgnoreResult() Option { return func(o *Options) { o.IgnoreResult = true } }
+
+// Link runs sigs with the result on success (link=).
+func Link(sigs ...protocol.Signature) Option {
+	return func(o *Options) { o.Link = append(o.Link, sigs...) }
+}
+
+// LinkError runs sigs with the task id on failure (link_error=).
+func LinkError(sigs ...protocol.Signature) Option {
+	return func(o *Options) { o.LinkError = append(o.LinkError, sigs...) }
+}
+
+// Shadow sets the name shown in logs and monitors.
+func Shadow(name string) Option { return func(o *Options) { o.Shadow = name } }
+
+// Parent sets root and parent ids, for a task sent from inside another.
+func Parent(rootID, parentID string) Option {
+	return func(o *Options) { o.RootID, o.ParentID = rootID, parentID }
+}
+
+// ErrNoBackend is returned by AsyncResult methods of a producer without one.
+var ErrNoBackend = errors.New("producer: no result backend configured")
+
+// SendTask publishes task name with args and kwargs, as Celery's
+// send_task/apply_async does, and returns its AsyncResult.
+func (p *Producer) SendTask(ctx context.Context, name string, args []any, kwargs map[string]any, opts ...Option) (*AsyncResult, error) {
+	var o Options
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.TaskID == "" {
+		o.TaskID = uuid.NewString()
+	}
+	exchange, key, priority := p.route(name, &o)
+	m := &protocol.Message{
+		ID: o.TaskID, Task: name, Args: args, Kwargs: kwargs,
+		ETA: o.ETA, Expires: o.Expires, Retries: o.Retries, TimeLimit: o.TimeLimit,
+		RootID: o.RootID, ParentID: o.ParentID, Shadow: o.Shadow, IgnoreResult: o.IgnoreResult,
+		Origin: p.cfg.Origin, Headers: o.Headers, Callbacks: o.Link, Errbacks: o.LinkError,
+		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: 2, Priority: priority},
+	}
+	if !o.Expires.IsZero() {
+		// kombu turns expires into the per-message TTL RabbitMQ enforces.
+		ms := max(time.Until(o.Expires).Milliseconds(), 0)
+		m.Properties.Expiration = strconv.FormatInt(ms, 10)
+	}
+	raw, err := p.enc.Encode(m)
+	if err != nil {
+		return nil, err
+	}
+	if exchange == "" {
+		// Celery declares the target queue before publishing, so a queue
+		// no worker declared yet still keeps the message.
+		if _, ok := p.declared.Load(key); !ok {
+			if err := p.broker.Declare(ctx, broker.Queue{Name: key}); err != nil {
+				return nil, fmt.Errorf("producer: declare queue %q: %w", key, err)
+			}
+			p.declared.Store(key, true)
+		}
+	}
+	if err := p.broker.Publish(ctx, broker.Publishing{Raw: *raw, Exchange: exchange, RoutingKey: key, Mandatory: true}); err != nil {
+		return nil, fmt.Errorf("producer: send %s[%s]: %w", name, o.TaskID, err)
+	}
+	return &AsyncResult{ID: o.TaskID, backend: p.backend}, nil
+}
+
+// route resolves the destination as Celery's Router does: explicit options,
+// then the first matching route, then the default queue. Tasks to a queue
+// go on the default exchange with the queue as routing key.
+func (p *Producer) route(name string, o *Options) (exchange, key string, priority int) {
+	if o.Priority != nil {
+		priority = *o.Priority
+	}
+	if o.Exchange != "" {
+		return o.Exchange, o.RoutingKey, priority
+	}
+	if o.Queue != "" {
+		return "", o.Queue, priority
+	}
+	for _, r := range p.cfg.Routes {
+		if !r.matches(name) {
+			continue
+		}
+		if o.Priority == nil && r.Priority != nil {
+			priority = *r.Priority
+		}
+		if r.Exchange != "" {
+			return r.Exchange, r.RoutingKey, priority
+		}
+		return "", r.Queue, priority
+	}
+	return "", p.cfg.DefaultQueue, priority
+}
+
+// AsyncResult reads a task's state from the result backend, as Celery's
+// AsyncResult does.
+type AsyncResult struct {
+	ID      string
+	backend Backend
+}
+
+// NewAsyncResult returns the result handle of a task id.
+func NewAsyncResult(id string, backend Backend) *AsyncResult {
+	return &AsyncResult{ID: id, backend: backend}
+}
+
+// State returns the task's state now (PENDING when nothing is stored).
+func (r *AsyncResult) State(ctx context.Context) (string, error) {
+	m, err := r.meta(ctx)
+	if err != nil {
+		return "", err
+	}
+	return m.Status, nil
+}
+
+// Info returns the stored result or meta of the current state (the
+// PROGRESS meta, the exception of a FAILURE), as AsyncResult.info.
+func (r *AsyncResult) Info(ctx context.Context) (any, error) {
+	m, err := r.meta(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return m.Result, nil
+}
+
+// Get waits for a ready state and returns the result. A FAILURE or
+// REVOKED task returns its *results.Exception as the error, carrying the
+// Python exception type, message and (in Traceback) the traceback.
+func (r *AsyncResult) Get(ctx context.Context) (any, error) {
+	if r.backend == nil {
+		return nil, ErrNoBackend
+	}
+	m, err := r.backend.Wait(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Err(); err != nil {
+		return nil, &TaskError{Exception: results.ExceptionFrom(err), TaskID: r.ID, State: m.Status, Traceback: m.Traceback}
+	}
+	return m.Result, nil
+}
+
+// Forget deletes the stored result.
+func (r *AsyncResult) Forget(ctx context.Context) error {
+	if r.backend == nil {
+		return ErrNoBackend
+	}
+	return r.backend.Forget(ctx, r.ID)
+}
+
+func (r *AsyncResult) meta(ctx context.Context) (*results.Meta, error) {
+	if r.backend == nil {
+		return nil, ErrNoBackend
+	}
+	return r.backend.Get(ctx, r.ID)
+}
+
+// TaskError is the error Get returns for a failed or revoked task.
+type TaskError struct {
+	*results.Exception
+	TaskID    string
+	State     string
+	Traceback string
+}
+
+func (e *TaskError) Error() string { return e.Exception.Error() }
+
+// Unwrap returns the Python exception, for errors.As.
+func (e *TaskError) Unwrap() error { return e.Exception }
