@@ -26,6 +26,9 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
+
+	gamqp "github.com/gocelery/gocelery/broker/amqp"
+	"github.com/gocelery/gocelery/producer"
 )
 
 type result struct {
@@ -77,13 +80,19 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 	prefetch := goConc * 4
 
 	var all []result
+	var pyPublish []float64 // Python send_task rates, process start included
 	for _, withResults := range []bool{false, true} {
 		backend := ""
 		if withResults {
 			backend = redisURL
 		}
 		q := fmt.Sprintf("bench.%d.%t", os.Getpid(), withResults)
-		fill := func() error { return fillQueue(python, brokerURL, backend, q, n) }
+		fill := func() error {
+			start := time.Now()
+			err := fillQueue(python, brokerURL, backend, q, n)
+			pyPublish = append(pyPublish, float64(n)/time.Since(start).Seconds())
+			return err
+		}
 
 		if err := fill(); err != nil {
 			return err
@@ -134,11 +143,65 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 			ch.Close()
 		}
 	}
+	goRate, err := goPublishRate(brokerURL, n)
+	if err != nil {
+		return fmt.Errorf("go producer: %w", err)
+	}
 	if withRedisCleanup(redisURL) != nil {
 		fmt.Fprintln(os.Stderr, "bench: could not clean the result keys")
 	}
 	report(all, n, cores, goConc, prefetch)
+	best := 0.0
+	for _, r := range pyPublish {
+		best = max(best, r)
+	}
+	fmt.Printf("\npublish %d interop.add with confirms: Go producer (8 goroutines) %.0f/s, Python send_task %.0f/s (best fill, interpreter start included): %.1fx\n",
+		n, goRate, best, goRate/best)
 	return nil
+}
+
+// goPublishRate publishes n tasks with producer.SendTask from 8 goroutines
+// (publisher confirms on) to a fresh queue, then deletes it.
+func goPublishRate(url string, n int) (float64, error) {
+	ctx := context.Background()
+	b, err := gamqp.Dial(ctx, url, gamqp.Options{})
+	if err != nil {
+		return 0, err
+	}
+	defer b.Close()
+	q := fmt.Sprintf("bench.pub.%d", os.Getpid())
+	p := producer.New(b, nil, producer.Config{DefaultQueue: q})
+	if _, err := p.SendTask(ctx, "interop.add", []any{0, 0}, nil); err != nil {
+		return 0, err
+	}
+	const workers = 8
+	errs := make(chan error, workers)
+	start := time.Now()
+	for w := range workers {
+		go func() {
+			for i := w; i < n; i += workers {
+				if _, err := p.SendTask(ctx, "interop.add", []any{i, i}, nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			return 0, err
+		}
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	conn, err := amqp.Dial(url)
+	if err == nil {
+		if ch, err := conn.Channel(); err == nil {
+			ch.QueueDelete(q, false, false, false)
+		}
+		conn.Close()
+	}
+	return rate, nil
 }
 
 func fillQueue(python, brokerURL, backend, queue string, n int) error {
