@@ -247,9 +247,13 @@ type Stats struct {
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() Stats {
+	w.eta.mu.Lock()
+	held, raised := len(w.eta.h), w.eta.raised
+	w.eta.mu.Unlock()
+	// The prefetch in force: the raise for held ETA tasks stops at ETATaskLimit.
 	return Stats{
 		Active: w.active.Load(), Processed: w.processed.Load(), Abandoned: w.abandoned.Load(),
-		HeldETA: w.eta.len(), Prefetch: w.prefetch + w.eta.len(),
+		HeldETA: held, Prefetch: w.prefetch + raised,
 	}
 }
 

@@ -225,6 +225,9 @@ func TestETATaskLimitCapsPrefetch(t *testing.T) {
 	if p := b.lastPrefetch(); p != 1+3 {
 		t.Errorf("prefetch = %d, want base 1 + limit 3", p)
 	}
+	if s := w.Stats(); s.Prefetch != 1+3 || s.HeldETA != 5 {
+		t.Errorf("stats = %+v, want prefetch 4 (capped) with 5 held", s)
+	}
 }
 
 func TestTimeLimits(t *testing.T) {
