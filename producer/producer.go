@@ -173,6 +173,10 @@ func Parent(rootID, parentID string) Option {
 	return func(o *Options) { o.RootID, o.ParentID = rootID, parentID }
 }
 
+// ReplyTo sets the reply_to property, the queue Celery's rpc:// result
+// backend answers on (Celery sets it to the sending app's id).
+func ReplyTo(queue string) Option { return func(o *Options) { o.ReplyTo = queue } }
+
 // ErrNoBackend is returned by AsyncResult methods of a producer without one.
 var ErrNoBackend = errors.New("producer: no result backend configured")
 

@@ -78,7 +78,7 @@ func TestSendTaskMessage(t *testing.T) {
 	_, err := p.SendTask(context.Background(), "proj.add", []any{2, 3}, map[string]any{"z": 1},
 		TaskID("t1"), Countdown(10*time.Second), Expires(expires), TimeLimit(30*time.Second, 20*time.Second),
 		Headers(map[string]any{"x-custom": 1}), Parent("root", "parent"), Shadow("add!"),
-		Link(protocol.Signature{Task: "proj.cb"}))
+		Link(protocol.Signature{Task: "proj.cb"}), ReplyTo("oid-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +102,9 @@ func TestSendTaskMessage(t *testing.T) {
 	ms, _ := strconv.Atoi(m.Properties.Expiration)
 	if ms < 59000 || ms > 60000 {
 		t.Errorf("expiration property %q, want ~60000 ms", m.Properties.Expiration)
+	}
+	if m.Properties.ReplyTo != "oid-1" {
+		t.Errorf("reply_to %q", m.Properties.ReplyTo)
 	}
 	if m.Origin == "" {
 		t.Error("no origin header")
