@@ -10,10 +10,6 @@ import (
 // like raising celery.exceptions.Ignore.
 var ErrIgnore = errors.New("consumer: ignore task")
 
-// ErrNoBroker is returned by Retry in a request without a broker to
-// republish on (eager mode runs the retry in-process instead).
-var ErrNoBroker = errors.New("consumer: no broker to publish on")
-
 // RetryError asks the worker to retry the task: the same task id is
 // republished with retries+1 and an ETA, RETRY is stored, and the current
 // message is acked. Build it with Retry.
