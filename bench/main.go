@@ -46,9 +46,14 @@ func main() {
 	concurrency := flag.Int("c", 0, "Go worker concurrency (default: its own default)")
 	python := flag.String("python", ".venv/bin/python", "Python with Celery 5.7 (relative to the repository root)")
 	skipPython := flag.Bool("skip-python", false, "measure only the Go worker and the raw consumer")
+	publishOnly := flag.Bool("publish-only", false, "measure only the publish rates (Go producer against Python send_task)")
 	flag.Parse()
 	py, err := filepath.Abs(*python)
-	if err == nil {
+	switch {
+	case err != nil:
+	case *publishOnly:
+		err = publishBench(*brokerURL, py, *n)
+	default:
 		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython)
 	}
 	if err != nil {
@@ -80,19 +85,13 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 	prefetch := goConc * 4
 
 	var all []result
-	var pyPublish []float64 // Python send_task rates, process start included
 	for _, withResults := range []bool{false, true} {
 		backend := ""
 		if withResults {
 			backend = redisURL
 		}
 		q := fmt.Sprintf("bench.%d.%t", os.Getpid(), withResults)
-		fill := func() error {
-			start := time.Now()
-			err := fillQueue(python, brokerURL, backend, q, n)
-			pyPublish = append(pyPublish, float64(n)/time.Since(start).Seconds())
-			return err
-		}
+		fill := func() error { return fillQueue(python, brokerURL, backend, q, n) }
 
 		if err := fill(); err != nil {
 			return err
@@ -143,26 +142,129 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 			ch.Close()
 		}
 	}
-	goRate, err := goPublishRate(brokerURL, n)
-	if err != nil {
-		return fmt.Errorf("go producer: %w", err)
-	}
 	if withRedisCleanup(redisURL) != nil {
 		fmt.Fprintln(os.Stderr, "bench: could not clean the result keys")
 	}
 	report(all, n, cores, goConc, prefetch)
-	best := 0.0
-	for _, r := range pyPublish {
-		best = max(best, r)
+	fmt.Println()
+	return publishBench(brokerURL, python, n)
+}
+
+// publishBench prints the Go producer's publish rate (confirms and
+// mandatory on, as always) against Python send_task's on the same broker,
+// in the same run.
+func publishBench(brokerURL, python string, n int) error {
+	pyRate, pyConfirmRate, err := pythonPublishRate(python, brokerURL, n)
+	if err != nil {
+		return fmt.Errorf("python send_task: %w", err)
 	}
-	fmt.Printf("\npublish %d interop.add with confirms: Go producer (8 goroutines) %.0f/s, Python send_task %.0f/s (best fill, interpreter start included): %.1fx\n",
-		n, goRate, best, goRate/best)
+	fmt.Printf("publish %d interop.add, rate once connected:\n", n)
+	fmt.Printf("  %-46s %8.0f/s\n", "Python send_task (Celery defaults, no confirms)", pyRate)
+	fmt.Printf("  %-46s %8.0f/s\n", "Python send_task (confirm_publish=True)", pyConfirmRate)
+	ceiling, err := rawPublishRate(brokerURL, n)
+	if err != nil {
+		return fmt.Errorf("raw publish: %w", err)
+	}
+	fmt.Printf("  %-46s %8.0f/s  (the broker's ceiling for this message on this machine)\n", "raw amqp091, same message, 2048 in flight", ceiling)
+	for _, workers := range []int{1, 8, 64} {
+		rate, err := goPublishRate(brokerURL, n, workers)
+		if err != nil {
+			return fmt.Errorf("go producer: %w", err)
+		}
+		label := fmt.Sprintf("Go SendTask, confirms+mandatory, %d goroutine(s)", workers)
+		fmt.Printf("  %-46s %8.0f/s  %5.1fx Python defaults, %5.1fx Python with confirms, %3.0f%% of raw\n",
+			label, rate, rate/pyRate, rate/pyConfirmRate, 100*rate/ceiling)
+	}
 	return nil
 }
 
-// goPublishRate publishes n tasks with producer.SendTask from 8 goroutines
-// (publisher confirms on) to a fresh queue, then deletes it.
-func goPublishRate(url string, n int) (float64, error) {
+// rawPublishRate publishes n copies of a typical Celery message (the
+// headers of interop.add, persistent) with bare amqp091-go, confirms on and
+// up to 2048 unconfirmed: what the broker itself takes per second.
+func rawPublishRate(url string, n int) (float64, error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, err
+	}
+	q := fmt.Sprintf("bench.raw.%d", os.Getpid())
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		return 0, err
+	}
+	defer deleteQueue(url, q)
+	if err := ch.Confirm(false); err != nil {
+		return 0, err
+	}
+	id := "0c5b3e8e-1f1e-4c3d-9b1e-1234567890ab"
+	m := amqp.Publishing{
+		Headers: amqp.Table{"lang": "py", "task": "interop.add", "id": id, "shadow": nil, "eta": nil,
+			"expires": nil, "group": nil, "group_index": nil, "retries": int32(0), "timelimit": []any{nil, nil},
+			"root_id": id, "parent_id": nil, "argsrepr": "(1, 1)", "kwargsrepr": "{}", "origin": "gen1@host",
+			"ignore_result": false, "replaced_task_nesting": int32(0), "stamped_headers": nil, "stamps": amqp.Table{}},
+		Body:        []byte(`[[1, 1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]`),
+		ContentType: "application/json", ContentEncoding: "utf-8", DeliveryMode: 2, CorrelationId: id,
+	}
+	inflight := make(chan *amqp.DeferredConfirmation, 2048)
+	done := make(chan bool)
+	go func() {
+		ok := true
+		for dc := range inflight {
+			ok = dc.Wait() && ok
+		}
+		done <- ok
+	}()
+	start := time.Now()
+	for range n {
+		dc, err := ch.PublishWithDeferredConfirm("", q, true, false, m)
+		if err != nil {
+			close(inflight)
+			<-done
+			return 0, err
+		}
+		inflight <- dc
+	}
+	close(inflight)
+	if !<-done {
+		return 0, errors.New("a publish was nacked")
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// pythonPublishRate runs bench/pyworker.py pubrate.
+func pythonPublishRate(python, brokerURL string, n int) (plain, confirmed float64, err error) {
+	q := fmt.Sprintf("bench.pypub.%d", os.Getpid())
+	cmd := exec.Command(python, "pyworker.py", "pubrate", q, strconv.Itoa(n))
+	cmd.Dir = "bench"
+	cmd.Env = append(os.Environ(), "BENCH_BROKER="+brokerURL)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	deleteQueue(brokerURL, q)
+	if err != nil {
+		return 0, 0, err
+	}
+	_, err = fmt.Sscan(string(out), &plain, &confirmed)
+	return plain, confirmed, err
+}
+
+func deleteQueue(url, q string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if ch, err := conn.Channel(); err == nil {
+		ch.QueueDelete(q, false, false, false)
+	}
+}
+
+// goPublishRate publishes n tasks with producer.SendTask from the given
+// number of goroutines (publisher confirms on) to a fresh queue, then
+// deletes it.
+func goPublishRate(url string, n, workers int) (float64, error) {
 	ctx := context.Background()
 	b, err := gamqp.Dial(ctx, url, gamqp.Options{})
 	if err != nil {
@@ -174,7 +276,6 @@ func goPublishRate(url string, n int) (float64, error) {
 	if _, err := p.SendTask(ctx, "interop.add", []any{0, 0}, nil); err != nil {
 		return 0, err
 	}
-	const workers = 8
 	errs := make(chan error, workers)
 	start := time.Now()
 	for w := range workers {
@@ -194,13 +295,7 @@ func goPublishRate(url string, n int) (float64, error) {
 		}
 	}
 	rate := float64(n) / time.Since(start).Seconds()
-	conn, err := amqp.Dial(url)
-	if err == nil {
-		if ch, err := conn.Channel(); err == nil {
-			ch.QueueDelete(q, false, false, false)
-		}
-		conn.Close()
-	}
+	deleteQueue(url, q)
 	return rate, nil
 }
 

@@ -280,11 +280,14 @@ func TestMandatoryAndConfirms(t *testing.T) {
 		}
 	}
 
-	// Unroutable and routable mandatory publishes, concurrently.
-	errs := make(chan error, 20)
-	for i := range 20 {
+	// Unroutable and routable mandatory publishes, concurrently and all
+	// in flight at once (they are pipelined): same body, so each return
+	// must be told apart by its routing key.
+	const n = 400
+	errs := make(chan error, n)
+	for i := range n {
 		go func() {
-			p := text(q.Name, strconv.Itoa(i))
+			p := text(q.Name, "same")
 			if i%2 == 1 {
 				p.RoutingKey = unique("nosuchqueue")
 			}
@@ -300,10 +303,13 @@ func TestMandatoryAndConfirms(t *testing.T) {
 			errs <- err
 		}()
 	}
-	for range 20 {
+	for range n {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+	if got := a.messages(q.Name); got != 3+n/2 {
+		t.Errorf("queue holds %d messages, want %d", got, 3+n/2)
 	}
 
 	// A channel error (no such exchange) is the caller's, not retried.

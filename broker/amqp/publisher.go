@@ -32,11 +32,6 @@ type publisher struct {
 	mu     sync.Mutex
 	pc     *pubChannel // nil until needed or after a loss
 	closed bool        // no channel is opened after shutdown
-
-	// mandatory lets one mandatory publish at a time be in flight: a
-	// basic.return names no delivery tag, so while only one message can
-	// come back, the return is known to be its.
-	mandatory chan struct{}
 }
 
 type publisherParams struct {
@@ -47,10 +42,9 @@ type publisherParams struct {
 
 func newPublisher(p publisherParams) *publisher {
 	return &publisher{
-		logger:    p.logger,
-		conn:      p.conn,
-		retry:     p.retry,
-		mandatory: make(chan struct{}, 1),
+		logger: p.logger,
+		conn:   p.conn,
+		retry:  p.retry,
 	}
 }
 
@@ -85,9 +79,11 @@ type pubChannel struct {
 	errRead  bool
 }
 
-// maxKeptReturns bounds the returns kept for matching: only returns of
-// publishes that gave up waiting (context done) can pile up.
-const maxKeptReturns = 16
+// maxKeptReturns bounds the returns kept for matching. Each publisher
+// takes its own return right after its confirm, so only returns of
+// publishes that gave up waiting (context done) can pile up; the bound
+// must still exceed the mandatory publishes in flight at once.
+const maxKeptReturns = 4096
 
 // collect takes basic.return frames as amqp091 reads them. The channel is
 // unbuffered so amqp091's reader hands a return over before it goes on to
@@ -117,8 +113,12 @@ func (pc *pubChannel) collect(wg *sync.WaitGroup) {
 	}()
 }
 
-// takeReturn reports whether m came back unroutable, discarding any
-// stale returns of earlier, abandoned publishes.
+// takeReturn reports whether m came back unroutable. A basic.return names
+// no delivery tag, but the broker sends it before the confirm of the same
+// message, so once m is confirmed its return, if any, is recorded; it is
+// told apart from the returns of other publishes in flight by exchange,
+// routing key, correlation id (the task id) and body. Identical messages
+// to the same place route alike, so taking either one's return is right.
 func (pc *pubChannel) takeReturn(exchange, key string, m *amqp.Publishing) (amqp.Return, bool) {
 	done := make(chan struct{})
 	select {
@@ -128,11 +128,10 @@ func (pc *pubChannel) takeReturn(exchange, key string, m *amqp.Publishing) (amqp
 	}
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	rs := pc.returned
-	pc.returned = nil
-	for _, r := range rs {
+	for i, r := range pc.returned {
 		if r.Exchange == exchange && r.RoutingKey == key && r.CorrelationId == m.CorrelationId &&
 			bytes.Equal(r.Body, m.Body) {
+			pc.returned = append(pc.returned[:i], pc.returned[i+1:]...)
 			return r, true
 		}
 	}
@@ -218,14 +217,6 @@ func (p *publisher) open(conn *amqp.Connection) (*pubChannel, error) {
 // when the connection drops is sent again on the next connection: delivery
 // is at least once, as with kombu's publish retry.
 func (p *publisher) publish(ctx context.Context, exchange, key string, mandatory bool, m *amqp.Publishing) error {
-	if mandatory {
-		select {
-		case p.mandatory <- struct{}{}:
-			defer func() { <-p.mandatory }()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 	var lastReason string
 	repeats := 0
 	for attempt := 0; ; attempt++ {
