@@ -12,5 +12,5 @@ def test_crontab_cases_match_pinned_celery():
     fresh = gen_crontab_cases.render()
     assert fresh == committed, (
         f"{os.path.normpath(gen_crontab_cases.OUT)} differs from what Celery "
-        f"{__import__("celery").__version__} computes; regenerate with "
+        f"{__import__('celery').__version__} computes; regenerate with "
         "`.venv/bin/python interop/python/gen_crontab_cases.py`")
