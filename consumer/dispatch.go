@@ -81,7 +81,7 @@ func (w *Worker) expired(j *job) bool {
 		return false
 	}
 	w.log.Info("Discarding revoked task", "task", m.Name(), "id", m.ID, "reason", "expired", "expires", m.Expires)
-	w.store(w.meta(j.req, results.Revoked, results.TaskRevokedError("expired")))
+	w.finish(j.req, w.meta(j.req, results.Revoked, results.TaskRevokedError("expired")), true)
 	w.ack(j.d)
 	return true
 }
@@ -99,7 +99,7 @@ func (w *Worker) unknown(d *broker.Delivery, r *Request) {
 		"Only tasks registered on this worker may be sent to its queues: give each app its own queue (task_default_queue, task_routes) so another app's tasks never land here.",
 		"task", r.Task, "id", r.ID, "queue", d.Queue, "dead_letter", dl)
 	// Celery stores NotRegistered even when the sender asked to ignore results.
-	w.store(w.meta(r, results.Failure, results.NotRegistered(r.Task)))
+	w.finish(r, w.meta(r, results.Failure, results.NotRegistered(r.Task)), true)
 	w.deadLetter(d, "unregistered", "task not registered: "+r.Task)
 }
 
@@ -190,6 +190,29 @@ func (w *Worker) store(m *results.Meta) {
 	if err := w.backend.Store(ctx, m); err != nil {
 		w.log.Error("storing task state failed", "id", m.TaskID, "state", m.Status, "err", err)
 	}
+}
+
+// finish stores a ready state (unless the result is ignored) and then lets
+// the workflow go on: the chord join, failed chain steps, errbacks.
+func (w *Worker) finish(r *Request, m *results.Meta, store bool) {
+	if store {
+		w.store(m)
+	}
+	if !r.hasWorkflow() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.cfg.Workflow.Finished(ctx, r.Message, m.Status, m.Result); err != nil {
+		w.log.Error("Workflow after task failed", "task", r.Name(), "id", r.ID, "state", m.Status, "err", err)
+	}
+}
+
+// hasWorkflow reports whether anything follows the task: the common case
+// of a plain task costs nothing.
+func (r *Request) hasWorkflow() bool {
+	m := r.Message
+	return m.Chord != nil || len(m.Chain) > 0 || len(m.Callbacks) > 0 || len(m.Errbacks) > 0
 }
 
 func (w *Worker) meta(r *Request, status string, result any) *results.Meta {

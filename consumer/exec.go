@@ -82,17 +82,20 @@ func (w *Worker) execute(j *job) {
 		hard, _ := limits(j)
 		w.abandoned.Add(1)
 		w.log.Error("Hard time limit exceeded: handler abandoned", "task", r.Name(), "id", r.ID, "limit", hard)
-		if !ignore {
-			w.store(w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""))
-		}
+		w.finish(r, w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""), !ignore)
 		settleLate(acksOnFailure, true)
 	case o.err == nil:
 		if w.log.Enabled(context.Background(), slog.LevelInfo) { // the repr costs more than the task
 			w.log.Info(fmt.Sprintf("Task %s[%s] succeeded in %.6fs: %s", r.Name(), r.ID, runtime.Seconds(), protocol.Repr(o.value)))
 		}
-		if !ignore {
-			w.store(w.meta(r, results.Success, o.value))
+		if err := w.succeeded(r, o.value); err != nil {
+			// Celery fails the task when its callbacks cannot be sent.
+			w.log.Error("Task callbacks could not be sent", "task", r.Name(), "id", r.ID, "err", err)
+			w.finish(r, w.failureMeta(r, results.ExceptionFrom(err), ""), !ignore)
+			settleLate(acksOnFailure, false)
+			break
 		}
+		w.finish(r, w.meta(r, results.Success, o.value), !ignore)
 		settleLate(true, false)
 	case errors.Is(o.err, ErrIgnore):
 		settleLate(true, false)
@@ -110,11 +113,21 @@ func (w *Worker) execute(j *job) {
 		w.retry(j, &RetryError{Countdown: backoff(j.opts, r.Retries), Err: o.err}, ignore, acksLate)
 	default:
 		w.log.Error(fmt.Sprintf("Task %s[%s] raised unexpected: %v", r.Name(), r.ID, o.err))
-		if !ignore {
-			w.store(w.failureMeta(r, w.exception(j, o.err), o.traceback))
-		}
+		w.finish(r, w.failureMeta(r, w.exception(j, o.err), o.traceback), !ignore)
 		settleLate(acksOnFailure, false)
 	}
+}
+
+// succeeded sends the callbacks and next chain step of a task that
+// succeeded.
+func (w *Worker) succeeded(r *Request, value any) error {
+	m := r.Message
+	if len(m.Callbacks) == 0 && len(m.Chain) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return w.cfg.Workflow.Succeeded(ctx, m, value)
 }
 
 // exception maps a handler error to the Python exception stored.
@@ -213,9 +226,7 @@ func (w *Worker) retry(j *job, re *RetryError, ignore, acksLate bool) {
 			exc = results.ExceptionFrom(&MaxRetriesExceededError{Task: r.Task, ID: r.ID, Max: maxRetries})
 		}
 		w.log.Error("Task retry limit exceeded", "task", r.Name(), "id", r.ID, "retries", r.Retries, "max_retries", maxRetries)
-		if !ignore {
-			w.store(w.failureMeta(r, exc, ""))
-		}
+		w.finish(r, w.failureMeta(r, exc, ""), !ignore)
 		if acksLate {
 			w.ack(j.d)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
 )
 
@@ -33,6 +34,15 @@ type Broker interface {
 // stores nothing, like Celery's DisabledBackend.
 type Backend interface {
 	Store(ctx context.Context, m *results.Meta) error
+}
+
+// Workflow continues a canvas after a task ran: callbacks and the next
+// chain step on success (before the result is stored, as Celery does),
+// then the chord join, failed chain steps and errbacks once a ready state
+// is stored. *producer.Workflow implements it.
+type Workflow interface {
+	Succeeded(ctx context.Context, m *protocol.Message, value any) error
+	Finished(ctx context.Context, m *protocol.Message, state string, result any) error
 }
 
 // UnknownPolicy says what happens to a message whose task is not registered.
@@ -85,6 +95,14 @@ type Config struct {
 	// ShutdownTimeout bounds the wait for running tasks on a warm
 	// shutdown; 0 means 30 s.
 	ShutdownTimeout time.Duration
+	// Workflow continues chains, chords, callbacks and errbacks. Nil means
+	// a producer.Workflow publishing on this worker's broker, joining
+	// chords in the backend when it is a *results.Redis, and sending
+	// steps without a queue of their own to DefaultQueue.
+	Workflow Workflow
+	// DefaultQueue is task_default_queue for the tasks a workflow sends;
+	// "" means "celery".
+	DefaultQueue string
 	// Decoder sets message limits.
 	Decoder protocol.Decoder
 	Logger  *slog.Logger
@@ -156,6 +174,15 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		w.prefetch = w.concurrency * 4
 	default:
 		w.prefetch = w.concurrency * m
+	}
+	if cfg.Workflow == nil {
+		var pb producer.Backend
+		var cb producer.ChordBackend
+		if rb, ok := backend.(*results.Redis); ok && rb != nil {
+			pb, cb = rb, rb
+		}
+		p := producer.New(b, pb, producer.Config{DefaultQueue: cfg.DefaultQueue, Origin: cfg.Hostname})
+		w.cfg.Workflow = producer.NewWorkflow(p, cb, cfg.Logger)
 	}
 	w.jobs = make(chan *job)
 	w.eta = newETAHeld(w)

@@ -108,6 +108,12 @@ type Options struct {
 	Shadow                      string
 	RootID, ParentID            string
 	ReplyTo                     string
+	// Canvas fields a worker sets when it continues a workflow; Apply
+	// sets them for chains, groups and chords.
+	Chain      []protocol.Signature // the steps after this one, reversed
+	Chord      *protocol.Signature  // the body, for a chord header task
+	GroupID    string
+	GroupIndex *int
 }
 
 // Option sets one apply_async option.
@@ -177,6 +183,24 @@ func Parent(rootID, parentID string) Option {
 // backend answers on (Celery sets it to the sending app's id).
 func ReplyTo(queue string) Option { return func(o *Options) { o.ReplyTo = queue } }
 
+// InGroup makes the task member index of group id (group_id,
+// group_index).
+func InGroup(id string, index int) Option {
+	return func(o *Options) { o.GroupID, o.GroupIndex = id, &index }
+}
+
+// ChainSteps sets the steps that follow the task in a chain, in Celery's
+// order: reversed, the next step last.
+func ChainSteps(rest ...protocol.Signature) Option {
+	return func(o *Options) { o.Chain = rest }
+}
+
+// ChordBody makes the task a chord header member whose completion counts
+// towards body.
+func ChordBody(body protocol.Signature) Option {
+	return func(o *Options) { o.Chord = &body }
+}
+
 // ErrNoBackend is returned by AsyncResult methods of a producer without one.
 var ErrNoBackend = errors.New("producer: no result backend configured")
 
@@ -187,15 +211,20 @@ func (p *Producer) SendTask(ctx context.Context, name string, args []any, kwargs
 	for _, f := range opts {
 		f(&o)
 	}
+	return p.send(ctx, name, args, kwargs, &o)
+}
+
+func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map[string]any, o *Options) (*AsyncResult, error) {
 	if o.TaskID == "" {
 		o.TaskID = uuid.NewString()
 	}
-	exchange, key, priority := p.route(name, &o)
+	exchange, key, priority := p.route(name, o)
 	m := &protocol.Message{
 		ID: o.TaskID, Task: name, Args: args, Kwargs: kwargs,
 		ETA: o.ETA, Expires: o.Expires, Retries: o.Retries, TimeLimit: o.TimeLimit,
 		RootID: o.RootID, ParentID: o.ParentID, Shadow: o.Shadow, IgnoreResult: o.IgnoreResult,
 		Origin: p.cfg.Origin, Headers: o.Headers, Callbacks: o.Link, Errbacks: o.LinkError,
+		Chain: o.Chain, Chord: o.Chord, Group: o.GroupID, GroupIndex: o.GroupIndex,
 		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: 2, Priority: priority},
 	}
 	if !o.Expires.IsZero() {
@@ -254,8 +283,10 @@ func (p *Producer) route(name string, o *Options) (exchange, key string, priorit
 // AsyncResult reads a task's state from the result backend, as Celery's
 // AsyncResult does.
 type AsyncResult struct {
-	ID      string
-	backend Backend
+	ID string
+	// Children are a group's member results (Celery's GroupResult).
+	Children []*AsyncResult
+	backend  Backend
 }
 
 // NewAsyncResult returns the result handle of a task id.

@@ -60,6 +60,11 @@ def add(x, y):
     _go_only()
 
 
+@shared_task(name="interop.xsum")
+def xsum(values):
+    _go_only()
+
+
 @shared_task(name="interop.echo")
 def echo(*args, **kwargs):
     _go_only()
@@ -98,7 +103,7 @@ def request_context():
 # The stubs by short name (module-level shared_task proxies: they resolve to
 # the current Celery app when called).
 TASKS = {
-    "add": add, "echo": echo, "fail": fail, "sleep": sleep,
+    "add": add, "xsum": xsum, "echo": echo, "fail": fail, "sleep": sleep,
     "progress": progress, "retry": retry, "counter": counter,
     "request": request_context,
 }

@@ -54,6 +54,12 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="pyinterop.xsum")
+def xsum(values):
+    """sum(values): the chord body of the contract."""
+    return sum(values)
+
+
 @app.task(name="pyinterop.echo")
 def echo(*args, **kwargs):
     """Returns its arguments unchanged."""

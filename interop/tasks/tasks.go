@@ -30,6 +30,7 @@ func (e *ValueError) PythonException() (module, typ string) { return "builtins",
 // may be nil when that task is not needed.
 func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
 	mux.HandleFunc("interop.add", add)
+	mux.HandleFunc("interop.xsum", xsum)
 	mux.HandleFunc("interop.echo", func(ctx context.Context, r *consumer.Request) (any, error) {
 		args, kwargs := r.Args, r.Kwargs
 		if args == nil {
@@ -180,6 +181,32 @@ func add(ctx context.Context, r *consumer.Request) (any, error) {
 		return nil, &consumer.ArgumentError{Msg: fmt.Sprintf("unsupported operand type(s) for +: %s and %s", protocol.Repr(x), protocol.Repr(y))}
 	}
 	return xf + yf, nil
+}
+
+// xsum is sum(values): the chord body of the contract. It takes the list
+// of header results as its only argument, as Celery passes them.
+func xsum(ctx context.Context, r *consumer.Request) (any, error) {
+	var values []any
+	switch {
+	case len(r.Args) == 1:
+		values, _ = r.Args[0].([]any)
+		if values == nil && r.Args[0] != nil {
+			return nil, &consumer.ArgumentError{Msg: "xsum() takes a list, got " + protocol.Repr(r.Args[0])}
+		}
+	case len(r.Args) == 0 && r.Kwargs["values"] != nil:
+		values, _ = r.Kwargs["values"].([]any)
+	default:
+		return nil, &consumer.ArgumentError{Msg: fmt.Sprintf("xsum() takes 1 positional argument but %d were given", len(r.Args))}
+	}
+	var sum any = int64(0)
+	for _, v := range values {
+		s, err := add(ctx, &consumer.Request{Message: &protocol.Message{Args: []any{sum, v}}})
+		if err != nil {
+			return nil, err
+		}
+		sum = s
+	}
+	return sum, nil
 }
 
 func toBig(v any) (*big.Int, bool) {

@@ -1,0 +1,249 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/google/uuid"
+
+	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
+)
+
+// ChordBackend is what a worker needs from the result backend to join
+// chords and fail chains; *results.Redis provides it.
+type ChordBackend interface {
+	Store(ctx context.Context, m *results.Meta) error
+	ChordPartReturn(ctx context.Context, p results.ChordPart) (*results.ChordJoin, error)
+	ChordExtendClaim(ctx context.Context, j *results.ChordJoin, seconds int) error
+	ChordDone(ctx context.Context, j *results.ChordJoin) error
+	ChordFailed(ctx context.Context, groupID string) error
+}
+
+// Workflow continues a canvas in a worker after one of its tasks ran, as
+// Celery's tracer and result backend do: callbacks and the next chain
+// step on success, the chord join for every outcome, and on failure the
+// chain's remaining steps marked failed and the errbacks sent. It is what
+// lets a chain or chord built in Python run through Go tasks.
+type Workflow struct {
+	p       *Producer
+	backend ChordBackend // nil: no chords, no failed chain steps stored
+	log     *slog.Logger
+}
+
+// NewWorkflow returns the workflow a worker uses; p publishes the next
+// tasks and backend (nil for none) joins chords.
+func NewWorkflow(p *Producer, backend ChordBackend, logger *slog.Logger) *Workflow {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Workflow{p: p, backend: backend, log: logger}
+}
+
+func rootOf(m *protocol.Message) string {
+	if m.RootID != "" {
+		return m.RootID
+	}
+	return m.ID
+}
+
+// Succeeded sends m's callbacks and the next step of its chain with value
+// as their first argument. Celery does this before it stores SUCCESS, so
+// a client that sees SUCCESS can already follow the children.
+func (w *Workflow) Succeeded(ctx context.Context, m *protocol.Message, value any) error {
+	parent := Parent(rootOf(m), m.ID)
+	switch len(m.Callbacks) {
+	case 0:
+	case 1:
+		if _, err := w.p.Apply(ctx, m.Callbacks[0], []any{value}, parent); err != nil {
+			return fmt.Errorf("callback %s: %w", m.Callbacks[0].Task, err)
+		}
+	default:
+		// Several callbacks run as one group; group callbacks each as
+		// their own, as Celery does (issue #1936).
+		var plain []protocol.Signature
+		for _, cb := range m.Callbacks {
+			if cb.SubtaskType == protocol.SubtaskGroup {
+				if _, err := w.p.Apply(ctx, cb, []any{value}, parent); err != nil {
+					return fmt.Errorf("callback group: %w", err)
+				}
+				continue
+			}
+			plain = append(plain, cb)
+		}
+		if len(plain) > 0 {
+			if _, err := w.p.Apply(ctx, Group(plain...), []any{value}, parent); err != nil {
+				return fmt.Errorf("callbacks: %w", err)
+			}
+		}
+	}
+	if n := len(m.Chain); n > 0 {
+		next := m.Chain[n-1]
+		rest := append([]protocol.Signature(nil), m.Chain[:n-1]...)
+		if _, err := w.p.Apply(ctx, next, []any{value}, parent, ChainSteps(rest...)); err != nil {
+			return fmt.Errorf("chain step %s: %w", next.Task, err)
+		}
+	}
+	return nil
+}
+
+// Finished runs after a ready state (SUCCESS, FAILURE, REVOKED) of m was
+// stored: it records m's part of its chord, publishing the body when m
+// completes it, and for FAILURE it fails the rest of the chain and sends
+// the errbacks.
+func (w *Workflow) Finished(ctx context.Context, m *protocol.Message, state string, result any) error {
+	var errs []error
+	if m.Chord != nil && m.Group != "" {
+		if err := w.chordPart(ctx, m, state, result); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if state == results.Failure {
+		exc, _ := result.(*results.Exception)
+		if exc == nil {
+			if err, ok := result.(error); ok {
+				exc = results.ExceptionFrom(err)
+			} else {
+				exc = results.ExceptionFrom(fmt.Errorf("%v", result))
+			}
+		}
+		if err := w.failChain(ctx, m.Chain, exc); err != nil {
+			errs = append(errs, err)
+		}
+		if err := w.errbacks(ctx, m.ID, rootOf(m), m.Errbacks); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// errbacks sends each errback as a task with the failed task's id as its
+// argument, as Celery does for errbacks it cannot call in-process (every
+// errback, seen from Go: the request, exc, traceback form is Python's).
+func (w *Workflow) errbacks(ctx context.Context, taskID, rootID string, ebs []protocol.Signature) error {
+	if len(ebs) == 0 {
+		return nil
+	}
+	if _, err := w.p.Apply(ctx, Group(ebs...), []any{taskID}, Parent(rootID, taskID)); err != nil {
+		return fmt.Errorf("errbacks of %s: %w", taskID, err)
+	}
+	return nil
+}
+
+// failChain stores FAILURE for every remaining chain step that has an id,
+// and returns the parts of chord members among them, so nothing waits on
+// a step that will never run (Celery's _fail_chain).
+func (w *Workflow) failChain(ctx context.Context, chain []protocol.Signature, exc *results.Exception) error {
+	if w.backend == nil {
+		return nil
+	}
+	queue := append([]protocol.Signature(nil), chain...)
+	var errs []error
+	for len(queue) > 0 {
+		s := queue[0]
+		queue = queue[1:]
+		id := s.ID()
+		gid, _ := s.Options["group_id"].(string)
+		if id != "" {
+			meta := &results.Meta{TaskID: id, Status: results.Failure, Result: exc, GroupID: gid}
+			if err := w.backend.Store(ctx, meta); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if c, ok := s.Options["chord"]; ok && c != nil && id != "" && gid != "" {
+			body, err := protocol.SignatureFrom(c)
+			if err == nil {
+				pm := &protocol.Message{ID: id, Group: gid, Chord: &body}
+				if n, ok := number(s.Options["group_index"]); ok {
+					i := int(n)
+					pm.GroupIndex = &i
+				}
+				err = w.chordPart(ctx, pm, results.Failure, exc)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.SubtaskType == protocol.SubtaskChord {
+			if body, err := s.Body(); err == nil {
+				queue = append(queue, body)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// chordPart records m's outcome in its chord; the part that completes the
+// chord publishes the body with the header's results, or fails it with a
+// ChordError when a header task failed.
+func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state string, result any) error {
+	if w.backend == nil {
+		return errors.New("chord part: no result backend")
+	}
+	j, err := w.backend.ChordPartReturn(ctx, results.ChordPart{
+		GroupID: m.Group, TaskID: m.ID, GroupIndex: m.GroupIndex, State: state, Result: result,
+	})
+	if err != nil || !j.Complete {
+		return err
+	}
+	body := *m.Chord
+	if exc := j.Err(); exc != nil {
+		w.log.Error("Chord failed", "group", m.Group, "error", exc.Error())
+		err := w.chordError(ctx, body, exc)
+		return errors.Join(err, w.backend.ChordFailed(ctx, m.Group))
+	}
+	if err := w.backend.ChordExtendClaim(ctx, j, 0); err != nil {
+		w.log.Warn("Chord body not published: the dispatch claim is no longer ours", "group", m.Group)
+		return nil
+	}
+	_, err = w.p.Apply(ctx, body, []any{j.Values()})
+	if err != nil {
+		w.log.Error("Chord callback could not be published", "group", m.Group, "error", err)
+		err = w.chordError(ctx, body, results.ChordError(fmt.Sprintf("Callback error: %s", err)))
+	}
+	if derr := w.backend.ChordDone(ctx, j); derr != nil {
+		w.log.Warn("Chord claim lost before cleanup; its keys are left to expire", "group", m.Group)
+	}
+	return err
+}
+
+// chordError fails a chord body that will not run: FAILURE on its id, its
+// errbacks sent, its chain failed (Celery's chord_error_from_stack).
+func (w *Workflow) chordError(ctx context.Context, body protocol.Signature, exc *results.Exception) error {
+	if body.SubtaskType == protocol.SubtaskGroup {
+		members, err := body.Tasks()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, mb := range members {
+			errs = append(errs, w.chordError(ctx, mb, exc))
+		}
+		return errors.Join(errs...)
+	}
+	id := body.ID()
+	if id == "" {
+		id = uuid.NewString()
+	}
+	var errs []error
+	if err := w.backend.Store(ctx, &results.Meta{TaskID: id, Status: results.Failure, Result: exc}); err != nil {
+		errs = append(errs, err)
+	}
+	ebs, err := sigsOpt(body.Options["link_error"])
+	if err == nil {
+		root, _ := body.Options["root_id"].(string)
+		if root == "" {
+			root = id
+		}
+		err = w.errbacks(ctx, id, root, ebs)
+	}
+	errs = append(errs, err)
+	chain, err := sigsOpt(body.Options["chain"])
+	if err == nil {
+		err = w.failChain(ctx, chain, exc)
+	}
+	errs = append(errs, err)
+	return errors.Join(errs...)
+}
