@@ -388,7 +388,7 @@ func decodeEntry(fields map[string]string) (*Entry, error) {
 		}
 	}
 	if s := fields["outcome"]; s != "" {
-		_ = json.Unmarshal([]byte(s), &e.Last) // informational; a bad one is ignored
+		_ = unmarshal([]byte(s), &e.Last) // informational; a bad one is ignored
 	}
 	if s := fields["claim"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &e.claim)

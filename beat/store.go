@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -322,5 +321,3 @@ func (s *Store) RecordOutcome(ctx context.Context, name string, o Outcome) error
 	}
 	return nil
 }
-
-func msString(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
