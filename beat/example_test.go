@@ -36,3 +36,29 @@ func ExampleParseTrigger() {
 	// 2026-11-27 02:30:00 +0000 UTC
 	// 2026-12-24 18:00:00 +0000 UTC
 }
+
+func ExampleParseFile() {
+	entries, err := beat.ParseFile([]byte(`
+entries:
+  - name: nightly-report
+    task: reports.nightly
+    trigger: "30 2 * * mon-fri"
+    timezone: Europe/Berlin
+    options: {queue: reports, expires: 3600}
+  - name: heartbeat
+    task: ops.ping
+    trigger: every 10s
+`))
+	if err != nil {
+		panic(err)
+	}
+	for _, e := range entries {
+		fmt.Println(e.Name, e.Task, e.Schedule)
+	}
+	_, err = beat.ParseFile([]byte("entries:\n  - {name: bad, task: t, trigger: '0 0 * * 1-8'}\n"))
+	fmt.Println(err)
+	// Output:
+	// nightly-report reports.nightly 30 2 * * mon-fri
+	// heartbeat ops.ping every 10s
+	// entry "bad": beat: bad crontab: day_of_week "1-8": invalid end range: 8 > 6
+}
