@@ -47,12 +47,15 @@ func main() {
 	python := flag.String("python", ".venv/bin/python", "Python with Celery 5.7 (relative to the repository root)")
 	skipPython := flag.Bool("skip-python", false, "measure only the Go worker and the raw consumer")
 	publishOnly := flag.Bool("publish-only", false, "measure only the publish rates (Go producer against Python send_task)")
+	chordOnly := flag.Int("chord", 0, "measure only a chord of this many Go tasks (0: the chord of 1,000 runs after the other measures)")
 	flag.Parse()
 	py, err := filepath.Abs(*python)
 	switch {
 	case err != nil:
 	case *publishOnly:
 		err = publishBench(*brokerURL, py, *n)
+	case *chordOnly > 0:
+		err = chordBench(*brokerURL, *redisURL, *chordOnly)
 	default:
 		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython)
 	}
@@ -147,7 +150,11 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 	}
 	report(all, n, cores, goConc, prefetch)
 	fmt.Println()
-	return publishBench(brokerURL, python, n)
+	if err := publishBench(brokerURL, python, n); err != nil {
+		return err
+	}
+	fmt.Println()
+	return chordBench(brokerURL, redisURL, 1000)
 }
 
 // publishBench prints the Go producer's publish rate (confirms and

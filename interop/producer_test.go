@@ -15,14 +15,15 @@ import (
 	"github.com/gocelery/gocelery/results"
 )
 
-// The Go producer's SendTask and AsyncResult against a real Python Celery
-// 5.7 worker, on both brokers.
-func TestProducerWithPythonWorker(t *testing.T) {
-	celery := celeryBinary(t)
-	for _, tc := range []struct {
-		name, url string
-		dial      func(ctx context.Context, url string) (producer.Broker, func(), error)
-	}{
+// producerBroker dials one transport for the producer tests.
+type producerBroker struct {
+	name, url string
+	dial      func(ctx context.Context, url string) (producer.Broker, func(), error)
+}
+
+// producerBrokers are both transports, with the URLs the suites use.
+func producerBrokers() []producerBroker {
+	return []producerBroker{
 		{"amqp", "amqp://guest:guest@127.0.0.1:5672//", func(ctx context.Context, url string) (producer.Broker, func(), error) {
 			b, err := amqp.Dial(ctx, url, amqp.Options{})
 			if err != nil {
@@ -37,7 +38,14 @@ func TestProducerWithPythonWorker(t *testing.T) {
 			}
 			return b, func() { b.Close() }, nil
 		}},
-	} {
+	}
+}
+
+// The Go producer's SendTask and AsyncResult against a real Python Celery
+// 5.7 worker, on both brokers.
+func TestProducerWithPythonWorker(t *testing.T) {
+	celery := celeryBinary(t)
+	for _, tc := range producerBrokers() {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -257,13 +258,19 @@ func setOpt(s *protocol.Signature, key string, v any) {
 }
 
 // applyGroup sends each member with group_id and group_index, args
-// prepended to each, as group.apply_async does.
+// prepended to each, as group.apply_async does. Members are published
+// concurrently (their confirms overlap), up to groupInFlight at a time.
 func (p *Producer) applyGroup(ctx context.Context, tasks []protocol.Signature, args []any, o *Options) (*AsyncResult, error) {
 	gid := o.TaskID
 	if gid == "" {
 		gid = uuid.NewString()
 	}
-	res := &AsyncResult{ID: gid, backend: p.backend, Children: make([]*AsyncResult, 0, len(tasks))}
+	res := &AsyncResult{ID: gid, backend: p.backend, Children: make([]*AsyncResult, len(tasks))}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, groupInFlight)
+	errs := make([]error, len(tasks))
+	var wg sync.WaitGroup
 	for i, t := range tasks {
 		to, err := optionsOf(t.Options)
 		if err != nil {
@@ -274,14 +281,38 @@ func (p *Producer) applyGroup(ctx context.Context, tasks []protocol.Signature, a
 		if o.Chord != nil {
 			to.Chord = o.Chord
 		}
-		r, err := p.apply(ctx, t, args, &to)
-		if err != nil {
-			return nil, fmt.Errorf("producer: group %s member %d: %w", gid, i, err)
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
 		}
-		res.Children = append(res.Children, r)
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r, err := p.apply(ctx, t, args, &to)
+			if err != nil {
+				errs[i] = fmt.Errorf("producer: group %s member %d: %w", gid, i, err)
+				cancel()
+				return
+			}
+			res.Children[i] = r
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	return res, nil
 }
+
+// groupInFlight bounds the group members being published at once.
+const groupInFlight = 64
 
 // inherit copies the options a group or chord passes down to its members.
 func inherit(dst, src *Options) {
