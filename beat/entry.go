@@ -58,9 +58,9 @@ type Entry struct {
 
 // Outcome is the last run of an entry as the result backend reports it.
 type Outcome struct {
-	TaskID string    `json:"task_id"`
-	Due    time.Time `json:"due"`
-	SentAt time.Time `json:"sent_at"`
+	TaskID string    `json:"task_id,omitempty"`
+	Due    time.Time `json:"due,omitzero"`
+	SentAt time.Time `json:"sent_at,omitzero"`
 	// Status is SENT until the backend has a state, then Celery's state
 	// (SUCCESS, FAILURE, ...); SKIPPED for a missed run skipped by policy.
 	Status   string    `json:"status"`

@@ -5,6 +5,8 @@
 //	gocelery demo [--keep-running]     broker, worker and producer in one process, no services needed
 //	gocelery worker -Q queue [flags]   a worker with the built-in interop.* tasks
 //	gocelery decode [flags] [file|-]   print a captured task message as Celery sees it
+//	gocelery beat [flags]              the periodic task scheduler (run any number of replicas)
+//	gocelery beat list|add|enable|disable|remove|run-now   manage the periodic tasks in Redis
 //
 // Run "gocelery help" for the list of commands.
 package main
@@ -30,6 +32,7 @@ func commands() []command {
 		{"demo", "run a broker, a Go worker and a producer in this process, and show tasks moving through states", runDemo},
 		{"worker", "run a worker with the built-in interop.* tasks (your own tasks: build a binary with worker.Main)", runWorker},
 		{"decode", "print a captured task message (Redis envelope, AMQP body, fixture) as Celery sees it", runDecode},
+		{"beat", "run the periodic task scheduler (replicas safe), or list|add|enable|disable|remove|run-now its entries", runBeat},
 	}
 }
 
