@@ -51,7 +51,7 @@ type requestKey struct{}
 // WithRequest returns ctx carrying r; the worker does this for handlers, so
 // code deep in a task can find its request.
 func WithRequest(ctx context.Context, r *Request) context.Context {
-	return context.WithValue(ctx, requestKey{}, r)
+	return context.WithValue(protocol.WithMessage(ctx, r.Message), requestKey{}, r)
 }
 
 // RequestFrom returns the request carried by ctx, or nil.

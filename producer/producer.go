@@ -218,6 +218,15 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 	if o.TaskID == "" {
 		o.TaskID = uuid.NewString()
 	}
+	if o.RootID == "" && o.ParentID == "" {
+		// Sent from inside a task: that task is the parent, as in Celery.
+		if cur := protocol.MessageFrom(ctx); cur != nil {
+			o.ParentID, o.RootID = cur.ID, cur.RootID
+			if o.RootID == "" {
+				o.RootID = cur.ID
+			}
+		}
+	}
 	exchange, key, priority := p.route(name, o)
 	m := &protocol.Message{
 		ID: o.TaskID, Task: name, Args: args, Kwargs: kwargs,

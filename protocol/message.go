@@ -1,6 +1,9 @@
 package protocol
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Content types of the serializers Celery offers.
 const (
@@ -109,3 +112,18 @@ var standardHeaders = map[string]bool{
 
 // IsStandardHeader reports whether Celery's protocol v2 defines the header.
 func IsStandardHeader(name string) bool { return standardHeaders[name] }
+
+type messageKey struct{}
+
+// WithMessage returns ctx carrying m, the task message being executed. A
+// worker sets it for its handlers so that tasks sent from inside a task
+// get it as parent, as Celery's current_worker_task does.
+func WithMessage(ctx context.Context, m *Message) context.Context {
+	return context.WithValue(ctx, messageKey{}, m)
+}
+
+// MessageFrom returns the task message carried by ctx, or nil.
+func MessageFrom(ctx context.Context) *Message {
+	m, _ := ctx.Value(messageKey{}).(*Message)
+	return m
+}

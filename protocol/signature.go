@@ -64,7 +64,7 @@ func (s *Signature) Body() (Signature, error) {
 
 // Map returns the dict form Celery sends, with nested signatures kept as
 // they are.
-func (s *Signature) Map() map[string]any {
+func (s Signature) Map() map[string]any {
 	m := make(map[string]any, 6+len(s.Extra))
 	for k, v := range s.Extra {
 		m[k] = v
