@@ -63,7 +63,7 @@ type Outcome struct {
 	SentAt time.Time `json:"sent_at,omitzero"`
 	// Status is SENT until the backend has a state, then Celery's state
 	// (SUCCESS, FAILURE, ...); SKIPPED for a missed run skipped by policy.
-	Status   string    `json:"status"`
+	Status   string    `json:"status,omitempty"`
 	Result   any       `json:"result,omitempty"`
 	Error    string    `json:"error,omitempty"`
 	DateDone time.Time `json:"date_done,omitzero"`
