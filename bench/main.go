@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	gamqp "github.com/gocelery/gocelery/broker/amqp"
+	gredis "github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/producer"
 )
 
@@ -154,6 +155,10 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 		return err
 	}
 	fmt.Println()
+	if err := publishBench(redisURL, python, n); err != nil {
+		return err
+	}
+	fmt.Println()
 	return chordBench(brokerURL, redisURL, 1000)
 }
 
@@ -165,18 +170,28 @@ func publishBench(brokerURL, python string, n int) error {
 	if err != nil {
 		return fmt.Errorf("python send_task: %w", err)
 	}
-	fmt.Printf("publish %d interop.add, rate once connected:\n", n)
+	fmt.Printf("publish %d interop.add on %s, rate once connected:\n", n, brokerURL)
 	fmt.Printf("  %-46s %8.0f/s\n", "Python send_task (Celery defaults, no confirms)", pyRate)
-	fmt.Printf("  %-46s %8.0f/s\n", "Python send_task (confirm_publish=True)", pyConfirmRate)
-	ceiling, err := rawPublishRate(brokerURL, n)
-	if err != nil {
-		return fmt.Errorf("raw publish: %w", err)
+	if !strings.HasPrefix(brokerURL, "redis") {
+		fmt.Printf("  %-46s %8.0f/s\n", "Python send_task (confirm_publish=True)", pyConfirmRate)
 	}
-	fmt.Printf("  %-46s %8.0f/s  (the broker's ceiling for this message on this machine)\n", "raw amqp091, same message, 2048 in flight", ceiling)
+	isAMQP := !strings.HasPrefix(brokerURL, "redis")
+	ceiling := 0.0
+	if isAMQP {
+		if ceiling, err = rawPublishRate(brokerURL, n); err != nil {
+			return fmt.Errorf("raw publish: %w", err)
+		}
+		fmt.Printf("  %-46s %8.0f/s  (the broker's ceiling for this message on this machine)\n", "raw amqp091, same message, 2048 in flight", ceiling)
+	}
 	for _, workers := range []int{1, 8, 64} {
 		rate, err := goPublishRate(brokerURL, n, workers)
 		if err != nil {
 			return fmt.Errorf("go producer: %w", err)
+		}
+		if !isAMQP {
+			label := fmt.Sprintf("Go SendTask, %d goroutine(s)", workers)
+			fmt.Printf("  %-46s %8.0f/s  %5.1fx Python\n", label, rate, rate/pyRate)
+			continue
 		}
 		label := fmt.Sprintf("Go SendTask, confirms+mandatory, %d goroutine(s)", workers)
 		fmt.Printf("  %-46s %8.0f/s  %5.1fx Python defaults, %5.1fx Python with confirms, %3.0f%% of raw\n",
@@ -257,7 +272,30 @@ func pythonPublishRate(python, brokerURL string, n int) (plain, confirmed float6
 	return plain, confirmed, err
 }
 
+// producerBroker is a transport the producer can publish on and close.
+type producerBroker interface {
+	producer.Broker
+	Close() error
+}
+
+func dialProducerBroker(ctx context.Context, url string) (producerBroker, error) {
+	if strings.HasPrefix(url, "redis") {
+		return gredis.Dial(ctx, url, gredis.Options{})
+	}
+	return gamqp.Dial(ctx, url, gamqp.Options{})
+}
+
+// deleteQueue removes a bench queue from either broker.
 func deleteQueue(url, q string) {
+	if strings.HasPrefix(url, "redis") {
+		opt, err := redis.ParseURL(url)
+		if err == nil {
+			c := redis.NewClient(opt)
+			c.Del(context.Background(), q)
+			c.Close()
+		}
+		return
+	}
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		return
@@ -273,7 +311,7 @@ func deleteQueue(url, q string) {
 // deletes it.
 func goPublishRate(url string, n, workers int) (float64, error) {
 	ctx := context.Background()
-	b, err := gamqp.Dial(ctx, url, gamqp.Options{})
+	b, err := dialProducerBroker(ctx, url)
 	if err != nil {
 		return 0, err
 	}
