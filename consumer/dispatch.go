@@ -45,7 +45,7 @@ func (w *Worker) dispatch(ctx context.Context, d *broker.Delivery) {
 	}
 	r := &Request{
 		Message: m, Queue: d.Queue, Exchange: d.Exchange, RoutingKey: d.RoutingKey,
-		Redelivered: d.Redelivered, Hostname: w.cfg.Hostname, state: w,
+		Redelivered: d.Redelivered, Hostname: w.cfg.Hostname, state: w, received: time.Now(),
 	}
 	h, opts, ok := w.mux.Lookup(m.Task)
 	if !ok {
@@ -53,6 +53,7 @@ func (w *Worker) dispatch(ctx context.Context, d *broker.Delivery) {
 		return
 	}
 	j := &job{d: d, req: r, h: h, opts: opts}
+	w.observe(TaskReceived, r, nil)
 	if w.expired(j) {
 		return
 	}
@@ -81,6 +82,7 @@ func (w *Worker) expired(j *job) bool {
 		return false
 	}
 	w.log.Info("Discarding revoked task", "task", m.Name(), "id", m.ID, "reason", "expired", "expires", m.Expires)
+	w.observe(TaskRevoked, j.req, func(e *TaskEvent) { e.Expired = true })
 	w.finish(j.req, w.meta(j.req, results.Revoked, results.TaskRevokedError("expired")), true)
 	w.ack(j.d)
 	return true
@@ -99,6 +101,7 @@ func (w *Worker) unknown(d *broker.Delivery, r *Request) {
 		"Only tasks registered on this worker may be sent to its queues: give each app its own queue (task_default_queue, task_routes) so another app's tasks never land here.",
 		"task", r.Task, "id", r.ID, "queue", d.Queue, "dead_letter", dl)
 	// Celery stores NotRegistered even when the sender asked to ignore results.
+	w.observeFailure(r, results.NotRegistered(r.Task), "", 0)
 	w.finish(r, w.meta(r, results.Failure, results.NotRegistered(r.Task)), true)
 	w.deadLetter(d, "unregistered", "task not registered: "+r.Task)
 }

@@ -59,6 +59,7 @@ func (w *Worker) execute(j *job) {
 	if pick(j.opts.TrackStarted, w.cfg.TrackStarted) && !ignore {
 		w.store(w.meta(r, results.Started, results.StartedResult(w.pid, w.cfg.Hostname)))
 	}
+	w.observe(TaskStarted, r, nil)
 	start := time.Now()
 	o := w.call(j)
 	runtime := time.Since(start)
@@ -82,6 +83,7 @@ func (w *Worker) execute(j *job) {
 		hard, _ := limits(j)
 		w.abandoned.Add(1)
 		w.log.Error("Hard time limit exceeded: handler abandoned", "task", r.Name(), "id", r.ID, "limit", hard)
+		w.observeFailure(r, results.TimeLimitExceeded(hard.Seconds()), "", runtime)
 		w.finish(r, w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""), !ignore)
 		settleLate(acksOnFailure, true)
 	case o.err == nil:
@@ -91,16 +93,19 @@ func (w *Worker) execute(j *job) {
 		if err := w.succeeded(r, o.value); err != nil {
 			// Celery fails the task when its callbacks cannot be sent.
 			w.log.Error("Task callbacks could not be sent", "task", r.Name(), "id", r.ID, "err", err)
+			w.observeFailure(r, results.ExceptionFrom(err), "", runtime)
 			w.finish(r, w.failureMeta(r, results.ExceptionFrom(err), ""), !ignore)
 			settleLate(acksOnFailure, false)
 			break
 		}
+		w.observe(TaskSucceeded, r, func(e *TaskEvent) { e.Result, e.Runtime = o.value, runtime })
 		w.finish(r, w.meta(r, results.Success, o.value), !ignore)
 		settleLate(true, false)
 	case errors.Is(o.err, ErrIgnore):
 		settleLate(true, false)
 	case errors.As(o.err, &rejectErr):
 		w.log.Info("Task rejected", "task", r.Name(), "id", r.ID, "requeue", rejectErr.Requeue, "reason", rejectErr.Reason)
+		w.observe(TaskRejected, r, func(e *TaskEvent) { e.Requeue = rejectErr.Requeue })
 		if acksLate {
 			w.reject(j.d, rejectErr.Requeue)
 		}
@@ -113,7 +118,9 @@ func (w *Worker) execute(j *job) {
 		w.retry(j, &RetryError{Countdown: backoff(j.opts, r.Retries), Err: o.err}, ignore, acksLate)
 	default:
 		w.log.Error(fmt.Sprintf("Task %s[%s] raised unexpected: %v", r.Name(), r.ID, o.err))
-		w.finish(r, w.failureMeta(r, w.exception(j, o.err), o.traceback), !ignore)
+		fm := w.failureMeta(r, w.exception(j, o.err), o.traceback)
+		w.observeFailure(r, fm.Result.(*results.Exception), fm.Traceback, runtime)
+		w.finish(r, fm, !ignore)
 		settleLate(acksOnFailure, false)
 	}
 }
@@ -226,7 +233,9 @@ func (w *Worker) retry(j *job, re *RetryError, ignore, acksLate bool) {
 			exc = results.ExceptionFrom(&MaxRetriesExceededError{Task: r.Task, ID: r.ID, Max: maxRetries})
 		}
 		w.log.Error("Task retry limit exceeded", "task", r.Name(), "id", r.ID, "retries", r.Retries, "max_retries", maxRetries)
-		w.finish(r, w.failureMeta(r, exc, ""), !ignore)
+		fm := w.failureMeta(r, exc, "")
+		w.observeFailure(r, exc, fm.Traceback, 0)
+		w.finish(r, fm, !ignore)
 		if acksLate {
 			w.ack(j.d)
 		}
@@ -253,6 +262,14 @@ func (w *Worker) retry(j *job, re *RetryError, ignore, acksLate bool) {
 		return
 	}
 	w.log.Info("Task retry", "task", r.Name(), "id", r.ID, "retries", r.Retries+1, "eta", eta, "reason", re.Err)
+	w.observe(TaskRetried, r, func(e *TaskEvent) {
+		reason := re.Err
+		if reason == nil {
+			reason = re
+		}
+		e.Exception = results.ExceptionFrom(reason)
+		e.Traceback = fmt.Sprintf("Retry in %s: %v\n", time.Until(eta).Round(time.Millisecond), reason)
+	})
 	if !ignore {
 		reason := re.Err
 		if reason == nil {

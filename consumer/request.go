@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/gocelery/gocelery/protocol"
 )
@@ -20,7 +21,8 @@ type Request struct {
 	// Hostname is the worker's node name ("gocelery@host").
 	Hostname string
 
-	state stateWriter
+	state    stateWriter
+	received time.Time // when the worker took the message
 }
 
 // stateWriter stores custom states for UpdateState; the worker provides it.

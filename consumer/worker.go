@@ -103,6 +103,8 @@ type Config struct {
 	// DefaultQueue is task_default_queue for the tasks a workflow sends;
 	// "" means "celery".
 	DefaultQueue string
+	// Observers are told every task event (events for Flower, metrics).
+	Observers []Observer
 	// Decoder sets message limits.
 	Decoder protocol.Decoder
 	Logger  *slog.Logger

@@ -1,0 +1,99 @@
+package consumer
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// eventLog records observed events per task id.
+type eventLog struct {
+	mu     sync.Mutex
+	byTask map[string][]*TaskEvent
+}
+
+func (l *eventLog) ObserveTask(e *TaskEvent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.byTask[e.Message.ID] = append(l.byTask[e.Message.ID], e)
+}
+
+func (l *eventLog) types(id string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, e := range l.byTask[id] {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+func TestObserverSeesEachStep(t *testing.T) {
+	mux := NewMux()
+	mux.HandleFunc("add", func(ctx context.Context, r *Request) (any, error) { return int64(5), nil })
+	mux.HandleFunc("fail", func(ctx context.Context, r *Request) (any, error) { return nil, valueError{"bad"} })
+	mux.HandleFunc("retry", func(ctx context.Context, r *Request) (any, error) {
+		return nil, Retry(time.Hour, valueError{"again"})
+	})
+	mux.HandleFunc("reject", func(ctx context.Context, r *Request) (any, error) { return nil, &RejectError{Reason: "no"} })
+	log := &eventLog{byTask: map[string][]*TaskEvent{}}
+	b, _, _ := startWorker(t, mux, Config{Observers: []Observer{log}})
+	expired := msg("t-exp", "add")
+	expired.Expires = time.Now().Add(-time.Minute)
+	b.send(t, "1", msg("t-ok", "add"))
+	b.send(t, "2", msg("t-fail", "fail"))
+	b.send(t, "3", msg("t-retry", "retry"))
+	b.send(t, "4", msg("t-reject", "reject"))
+	b.send(t, "5", msg("t-unknown", "nosuch"))
+	b.send(t, "6", expired)
+	want := map[string][]string{
+		"t-ok":      {TaskReceived, TaskStarted, TaskSucceeded},
+		"t-fail":    {TaskReceived, TaskStarted, TaskFailed},
+		"t-retry":   {TaskReceived, TaskStarted, TaskRetried},
+		"t-reject":  {TaskReceived, TaskStarted, TaskRejected},
+		"t-unknown": {TaskFailed},
+		"t-exp":     {TaskReceived, TaskRevoked},
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for id, w := range want {
+		for {
+			got := log.types(id)
+			if equal(got, w) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s: events %v, want %v", id, got, w)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	ok := log.byTask["t-ok"][2]
+	if ok.Result != int64(5) || ok.Runtime <= 0 || ok.Queue != "q" {
+		t.Errorf("succeeded event %+v", ok)
+	}
+	if f := log.byTask["t-fail"][2]; f.Exception == nil || f.Exception.Type != "ValueError" || f.Traceback == "" {
+		t.Errorf("failed event %+v", f)
+	}
+	if u := log.byTask["t-unknown"][0]; u.Exception == nil || u.Exception.Type != "NotRegistered" {
+		t.Errorf("unknown task event %+v", u)
+	}
+	if e := log.byTask["t-exp"][1]; !e.Expired {
+		t.Errorf("expired event %+v", e)
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
