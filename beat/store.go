@@ -42,7 +42,10 @@ func (s *Store) ScheduleKey() string { return s.prefix + ":schedule" }
 // LockKey is redbeat's lock key, shared with Python beats.
 func (s *Store) LockKey() string { return s.prefix + ":lock" }
 
-func (s *Store) staticsKey() string { return s.prefix + ":statics" }
+// staticsKey lists the entries synced from a schedule file. It is not
+// redbeat's ":statics": a Python beat deletes the statics missing from its
+// own beat_schedule at start, which would remove ours.
+func (s *Store) staticsKey() string { return s.prefix + ":statics:gocelery" }
 func (s *Store) fenceKey() string   { return s.prefix + ":fence" }
 func (s *Store) changesKey() string { return s.prefix + ":changes" }
 
