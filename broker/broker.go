@@ -32,6 +32,9 @@ type Queue struct {
 	// Transient declares a non-durable queue and exchange.
 	Transient  bool
 	AutoDelete bool
+	// Exclusive declares a queue only this connection may use, deleted
+	// when it closes (AMQP); pidbox and event queues are exclusive.
+	Exclusive bool
 	// MaxPriority sets x-max-priority (RabbitMQ priorities, 0 = none).
 	MaxPriority int
 	// Quorum sets x-queue-type: quorum.
@@ -62,6 +65,17 @@ func (q Queue) Kind() string {
 		return "direct"
 	}
 	return q.ExchangeType
+}
+
+// Exchange declares an exchange on its own, as kombu's Exchange.declare
+// does before publishing to it (events, remote control).
+type Exchange struct {
+	Name string
+	// Kind is "direct", "topic" or "fanout". On Redis a fanout exchange
+	// is PUB/SUB: publishing to it is PUBLISH, as kombu does.
+	Kind       string
+	Transient  bool // not durable
+	AutoDelete bool
 }
 
 // Acknowledger settles a delivery with the transport it came from.

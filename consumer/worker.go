@@ -125,6 +125,7 @@ type Worker struct {
 
 	eta *etaHeld
 
+	consuming atomic.Bool // between a successful Consume and the end of the dispatch loop
 	active    atomic.Int64
 	processed atomic.Int64
 	abandoned atomic.Int64 // handlers left running after a hard time limit
@@ -208,6 +209,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	for i, q := range w.cfg.Queues {
 		names[i] = q.Name
 	}
+	w.consuming.Store(true)
 	w.log.Info("worker ready", "hostname", w.cfg.Hostname, "queues", names,
 		"concurrency", w.concurrency, "prefetch", w.prefetch, "tasks", w.mux.Names())
 
@@ -228,6 +230,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	w.dispatchLoop(ctx, deliveries)
+	w.consuming.Store(false)
 
 	// Warm shutdown: nothing new starts; held ETA tasks and anything still
 	// buffered go back to the broker.
@@ -285,6 +288,10 @@ func (w *Worker) Stats() Stats {
 		HeldETA: held, Prefetch: w.prefetch + raised,
 	}
 }
+
+// Consuming reports whether the worker is taking messages: Run has
+// started consuming and is not shutting down. Health checks use it.
+func (w *Worker) Consuming() bool { return w.consuming.Load() }
 
 // Concurrency returns the number of tasks run at once.
 func (w *Worker) Concurrency() int { return w.concurrency }
