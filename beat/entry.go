@@ -131,17 +131,26 @@ type extJSON struct {
 	LogPath     string    `json:"log_path,omitempty"`
 }
 
-// pyDatetime is redbeat's encoding of a UTC datetime, keys in its order.
+// pyDatetime is redbeat's encoding of a UTC datetime, keys in its order
+// (written by hand: the leader writes one per run).
 func pyDatetime(t time.Time) []byte {
 	t = t.UTC()
-	b, _ := marshalOrdered([]kv{{"__type__", "datetime"}, {"year", t.Year()}, {"month", int(t.Month())},
-		{"day", t.Day()}, {"hour", t.Hour()}, {"minute", t.Minute()}, {"second", t.Second()},
-		{"microsecond", t.Nanosecond() / 1000}, {"timezone", "UTC"}})
-	return b
+	b := make([]byte, 0, 160)
+	b = append(b, `{"__type__": "datetime", "year": `...)
+	b = strconv.AppendInt(b, int64(t.Year()), 10)
+	for _, f := range []struct {
+		k string
+		v int
+	}{{"month", int(t.Month())}, {"day", t.Day()}, {"hour", t.Hour()}, {"minute", t.Minute()},
+		{"second", t.Second()}, {"microsecond", t.Nanosecond() / 1000}} {
+		b = append(b, `, "`...)
+		b = append(b, f.k...)
+		b = append(b, `": `...)
+		b = strconv.AppendInt(b, int64(f.v), 10)
+	}
+	return append(b, `, "timezone": "UTC"}`...)
 }
 
-// parsePyDatetime reads redbeat's datetime object; timezone is a zone key
-// or an offset in seconds.
 func parsePyDatetime(v any) (time.Time, error) {
 	m, ok := v.(map[string]any)
 	if !ok || m["__type__"] != "datetime" {
@@ -333,12 +342,16 @@ func marshalOrdered(fields []kv) ([]byte, error) {
 
 // encodeMeta is redbeat's meta: {"last_run_at": ..., "total_run_count": n}.
 func encodeMeta(last time.Time, count int) string {
-	var lr any
-	if !last.IsZero() {
-		lr = json.RawMessage(pyDatetime(last))
+	b := make([]byte, 0, 220)
+	b = append(b, `{"last_run_at": `...)
+	if last.IsZero() {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, pyDatetime(last)...)
 	}
-	b, _ := marshalOrdered([]kv{{"last_run_at", lr}, {"total_run_count", count}})
-	return string(b)
+	b = append(b, `, "total_run_count": `...)
+	b = strconv.AppendInt(b, int64(count), 10)
+	return string(append(b, '}'))
 }
 
 // decodeEntry builds an entry from its hash fields.

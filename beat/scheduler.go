@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -101,6 +102,7 @@ type Scheduler struct {
 	sender Sender
 	cfg    Config
 	log    *slog.Logger
+	ticks  atomic.Int64 // ticks that had runs due, for the benchmark
 }
 
 // New returns a scheduler on the store in rdb, sending with sender.
@@ -343,6 +345,7 @@ type plan struct {
 // fire claims the due runs in one pipeline, sends the claimed ones, marks
 // them sent, and puts the entries back with their next run.
 func (ld *leader) fire(ctx context.Context, due []*item, now time.Time) error {
+	ld.ticks.Add(1)
 	plans := make([]*plan, len(due))
 	for i, it := range due {
 		e := it.e
