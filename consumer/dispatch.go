@@ -52,16 +52,24 @@ func (w *Worker) dispatch(ctx context.Context, d *broker.Delivery) {
 		w.unknown(d, r)
 		return
 	}
+	if soft, hard, ok := w.timeLimitOverride(m.Task); ok {
+		opts.SoftTimeLimit, opts.TimeLimit = soft, hard
+	}
 	j := &job{d: d, req: r, h: h, opts: opts}
+	w.totalMu.Lock()
+	w.total[m.Task]++
+	w.totalMu.Unlock()
 	w.observe(TaskReceived, r, nil)
-	if w.expired(j) {
+	if w.expired(j) || w.discardRevoked(j) {
 		return
 	}
 	if !m.ETA.IsZero() && time.Until(m.ETA) > 0 {
 		w.log.Info("Task received", "task", m.Name(), "id", m.ID, "eta", m.ETA)
+		w.trackReceived(j, StateScheduled)
 		w.eta.hold(j)
 		return
 	}
+	w.trackReceived(j, StateReserved)
 	w.submit(ctx, j)
 }
 
@@ -85,6 +93,7 @@ func (w *Worker) expired(j *job) bool {
 	w.observe(TaskRevoked, j.req, func(e *TaskEvent) { e.Expired = true })
 	w.finish(j.req, w.meta(j.req, results.Revoked, results.TaskRevokedError("expired")), true)
 	w.ack(j.d)
+	w.trackDone(j)
 	return true
 }
 

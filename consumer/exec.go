@@ -47,13 +47,22 @@ func (w *Worker) execute(j *job) {
 	defer w.active.Add(-1)
 	defer w.processed.Add(1)
 	r := j.req
-	// Celery checks expiry again just before execution.
-	if w.expired(j) {
+	// Celery checks expiry and revocation again just before execution.
+	if w.expired(j) || w.discardRevoked(j) {
 		return
+	}
+	defer w.trackDone(j)
+	if lim := w.limiter(r.Task); lim != nil {
+		// A rate-limited task waits for its turn, as in Celery's bucket.
+		if err := lim.Wait(w.taskCtx); err != nil {
+			w.requeue(j.d, "shutdown")
+			return
+		}
 	}
 	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
 	if !acksLate {
 		w.ack(j.d) // early ack: at execution start, not at receipt
+		w.trackAcked(j)
 	}
 	ignore := r.IgnoreResult || j.opts.IgnoreResult
 	if pick(j.opts.TrackStarted, w.cfg.TrackStarted) && !ignore {
@@ -79,6 +88,11 @@ func (w *Worker) execute(j *job) {
 	var retryErr *RetryError
 	var rejectErr *RejectError
 	switch {
+	case w.terminated(j):
+		w.log.Info("Task terminated by revoke", "task", r.Name(), "id", r.ID)
+		w.observe(TaskRevoked, r, func(e *TaskEvent) { e.Terminated = true })
+		w.finish(r, w.meta(r, results.Revoked, results.TaskRevokedError("terminated")), true)
+		settleLate(true, false)
 	case o.hardLimit:
 		hard, _ := limits(j)
 		w.abandoned.Add(1)
@@ -162,6 +176,7 @@ func (w *Worker) call(j *job) outcome {
 	hard, soft := limits(j)
 	ctx, cancel := context.WithCancel(w.taskCtx)
 	defer cancel()
+	w.trackStart(j, cancel)
 	if soft > 0 {
 		ctx, cancel = context.WithTimeout(ctx, soft)
 		defer cancel()

@@ -163,6 +163,24 @@ func (f *fakeBackend) wait(t *testing.T, id, status string) *results.Meta {
 	}
 }
 
+// waitAny waits until some stored state of id has status, in any order
+// relative to other tasks' states.
+func (f *fakeBackend) waitAny(t *testing.T, id, status string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, s := range f.statuses(id) {
+			if s == status {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s %s", id, status)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (f *fakeBackend) statuses(id string) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

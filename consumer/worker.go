@@ -17,6 +17,8 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/protocol"
+	"golang.org/x/time/rate"
+
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
 )
@@ -105,6 +107,13 @@ type Config struct {
 	DefaultQueue string
 	// Observers are told every task event (events for Flower, metrics).
 	Observers []Observer
+	// RevokesMax and RevokeExpires bound the revoked ids remembered
+	// (CELERY_WORKER_REVOKES_MAX, CELERY_WORKER_REVOKE_EXPIRES); 0 means
+	// 50,000 and 3 hours.
+	RevokesMax    int
+	RevokeExpires time.Duration
+	// RevokedStore, when set, persists revoked ids across restarts.
+	RevokedStore RevokedStore
 	// Decoder sets message limits.
 	Decoder protocol.Decoder
 	Logger  *slog.Logger
@@ -137,6 +146,16 @@ type Worker struct {
 
 	dlqMu       sync.Mutex
 	dlqDeclared map[string]bool
+
+	queues  queueSets
+	track   tracker
+	revoked *revokedSet
+	limits  taskLimits
+
+	totalMu sync.Mutex
+	total   map[string]int64   // tasks taken, by name
+	started time.Time          // when Run began
+	stop    context.CancelFunc // Shutdown: ends Run warmly
 }
 
 // New returns a worker for the tasks registered on mux.
@@ -166,6 +185,17 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		concurrency: cfg.Concurrency,
 		kill:        make(chan struct{}),
 		dlqDeclared: map[string]bool{},
+		track:       tracker{reqs: map[string]*tracked{}},
+		revoked:     &revokedSet{ids: map[string]time.Time{}, max: cfg.RevokesMax, ttl: cfg.RevokeExpires},
+		limits: taskLimits{rates: map[string]*rate.Limiter{}, rateStr: map[string]string{},
+			timeouts: map[string][2]time.Duration{}},
+		total: map[string]int64{},
+	}
+	if w.revoked.max <= 0 {
+		w.revoked.max = 50000
+	}
+	if w.revoked.ttl <= 0 {
+		w.revoked.ttl = 3 * time.Hour
 	}
 	if w.concurrency <= 0 {
 		w.concurrency = 4 * runtime.GOMAXPROCS(0)
@@ -197,11 +227,23 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 // up to ShutdownTimeout for running tasks (Kill cuts the wait short). It
 // returns nil after a clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	w.totalMu.Lock()
+	w.stop, w.started = stop, time.Now()
+	w.totalMu.Unlock()
+	if w.cfg.RevokedStore != nil {
+		ids, err := w.cfg.RevokedStore.Load(ctx)
+		if err != nil {
+			return fmt.Errorf("consumer: loading revoked ids: %w", err)
+		}
+		w.MergeRevoked(ids)
+	}
 	w.taskCtx, w.cancelTs = context.WithCancel(context.WithoutCancel(ctx))
 	defer w.cancelTs()
 	consumeCtx, stopConsuming := context.WithCancel(ctx)
 	defer stopConsuming()
-	deliveries, err := w.broker.Consume(consumeCtx, w.cfg.Queues, w.prefetch)
+	deliveries, err := w.startConsuming(consumeCtx)
 	if err != nil {
 		return fmt.Errorf("consumer: consume: %w", err)
 	}
