@@ -353,15 +353,36 @@ func wallTime(y int, mo time.Month, d, h, mi int, loc *time.Location) time.Time 
 	if y == 0 {
 		return time.Time{}
 	}
-	naive := time.Date(y, mo, d, h, mi, 0, 0, time.UTC)
+	first, _ := wallInstants(time.Date(y, mo, d, h, mi, 0, 0, time.UTC), loc)
+	return first
+}
+
+// wallInstants returns the instants of a wall time (given as its fields in
+// a UTC time) in loc as Python's fold=0 and fold=1 see them: the two
+// occurrences in an overlap, the same instant otherwise; in a gap both are
+// the wall time read with the offset in force before it (dateutil's
+// resolve_imaginary moves it forward by the gap).
+func wallInstants(naive time.Time, loc *time.Location) (first, second time.Time) {
 	n := naive.Unix()
+	ns := int64(naive.Nanosecond())
 	_, before := time.Unix(n-86400, 0).In(loc).Zone()
 	_, after := time.Unix(n+86400, 0).In(loc).Zone()
+	var valid []time.Time
 	for _, off := range []int{before, after} {
-		t := time.Unix(n-int64(off), 0).In(loc)
-		if _, o := t.Zone(); o == off {
-			return t // the first valid candidate is fold=0's choice
+		t := time.Unix(n-int64(off), ns).In(loc)
+		if _, o := t.Zone(); o == off && (len(valid) == 0 || !valid[0].Equal(t)) {
+			valid = append(valid, t)
 		}
 	}
-	return time.Unix(n-int64(before), 0).In(loc) // a gap: the offset before it
+	switch len(valid) {
+	case 0:
+		t := time.Unix(n-int64(before), ns).In(loc)
+		return t, t
+	case 1:
+		return valid[0], valid[0]
+	}
+	if valid[1].Before(valid[0]) {
+		valid[0], valid[1] = valid[1], valid[0]
+	}
+	return valid[0], valid[1]
 }

@@ -17,6 +17,13 @@ type crontabCases struct {
 		Now       time.Time `json:"now"`
 		Next      time.Time `json:"next"`
 	} `json:"cases"`
+	Intervals []struct {
+		Every     float64   `json:"every"`
+		Relative  bool      `json:"relative"`
+		TZ        string    `json:"tz"`
+		LastRunAt time.Time `json:"last_run_at"`
+		Next      time.Time `json:"next"`
+	} `json:"intervals"`
 	Bad []struct {
 		Expr  string `json:"expr"`
 		Error string `json:"error"`
@@ -65,6 +72,42 @@ func TestCrontabCelery(t *testing.T) {
 		if _, err := ParseCrontab(b.Expr, nil); !errors.Is(err, ErrBadCrontab) {
 			t.Errorf("ParseCrontab(%q) = %v, want ErrBadCrontab (Celery raises %s)", b.Expr, err, b.Error)
 		}
+	}
+}
+
+// TestIntervalCelery checks Interval.Next (plain and relative) against the
+// pinned Celery's schedule.remaining_estimate.
+func TestIntervalCelery(t *testing.T) {
+	data, err := os.ReadFile("testdata/crontab_cases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs crontabCases
+	if err := json.Unmarshal(data, &cs); err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.Intervals) < 500 {
+		t.Fatalf("only %d interval cases", len(cs.Intervals))
+	}
+	failed := 0
+	for _, c := range cs.Intervals {
+		loc, err := time.LoadLocation(c.TZ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		iv := &Interval{Every: time.Duration(c.Every * float64(time.Second)), Relative: c.Relative, Location: loc}
+		if got := iv.Next(c.LastRunAt); !got.Equal(c.Next) {
+			failed++
+			if failed <= 20 {
+				t.Errorf("%s in %s after %s (%s local): next %s (%s local), Celery says %s (%s local)",
+					iv, c.TZ, c.LastRunAt.Format(time.RFC3339Nano), c.LastRunAt.In(loc).Format(time.RFC3339Nano),
+					got.UTC().Format(time.RFC3339Nano), got.In(loc).Format(time.RFC3339),
+					c.Next.UTC().Format(time.RFC3339Nano), c.Next.In(loc).Format(time.RFC3339))
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d interval cases disagree with Celery", failed, len(cs.Intervals))
 	}
 }
 

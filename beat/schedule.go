@@ -2,6 +2,7 @@ package beat
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -25,53 +26,107 @@ type Interval struct {
 }
 
 // Next is last + Every (rounded when Relative); a never-run entry is due
-// at once, as in redbeat.
+// at once, as in redbeat. Relative follows Celery 5.7's remaining(): the
+// last boundary at or before last + Every, never at or before last, with
+// both occurrences of a wall time repeated by a DST change considered.
 func (iv *Interval) Next(last time.Time) time.Time {
 	if last.IsZero() {
 		return time.Unix(0, 0)
 	}
-	end := last.Add(iv.Every)
 	if !iv.Relative {
-		return end
+		return last.Add(iv.Every)
 	}
 	loc := iv.Location
 	if loc == nil {
 		loc = time.UTC
 	}
-	r := roundDown(end.In(loc), iv.Every)
-	if iv.Every >= time.Minute && !r.After(last) {
-		// Celery never rounds to a boundary at or before the start.
-		r = roundDown(end.In(loc).Add(resolution(iv.Every)), iv.Every)
+	every := iv.Every
+	startWall := naiveWall(last.In(loc))
+	var endWall time.Time
+	if every >= 24*time.Hour {
+		endWall = startWall.Add(every) // calendar days, on the wall clock
+	} else {
+		endWall = naiveWall(last.Add(every).In(loc))
 	}
-	return r
+	cands := roundedInstants(endWall, every, loc)
+	if every >= 24*time.Hour {
+		if f := after(cands, last); len(f) > 0 {
+			return slices.MinFunc(f, time.Time.Compare)
+		}
+		first, _ := wallInstants(endWall, loc)
+		return first
+	}
+	end := last.Add(every)
+	var rounded time.Time
+	if b := notAfter(cands, end); len(b) > 0 {
+		rounded = slices.MaxFunc(b, time.Time.Compare)
+	} else {
+		rounded = slices.MinFunc(cands, time.Time.Compare)
+	}
+	if every >= time.Minute && !rounded.After(last) {
+		// A partial-hour rollback put the boundary before the start.
+		unit := time.Minute
+		if every >= time.Hour {
+			unit = time.Hour
+		}
+		cands = append(cands, roundedInstants(endWall.Add(unit), every, loc)...)
+		cands = append(cands, roundedInstants(startWall.Add(every), every, loc)...)
+		future := after(cands, last)
+		if b := notAfter(future, end); len(b) > 0 {
+			rounded = slices.MaxFunc(b, time.Time.Compare)
+		} else if len(future) > 0 {
+			rounded = slices.MinFunc(future, time.Time.Compare)
+		} else {
+			rounded = end
+		}
+	}
+	return rounded
 }
 
-func resolution(d time.Duration) time.Duration {
-	switch {
-	case d >= 24*time.Hour:
-		return 24 * time.Hour
-	case d >= time.Hour:
-		return time.Hour
-	case d >= time.Minute:
-		return time.Minute
-	}
-	return time.Second
+// naiveWall is t's wall clock as a UTC time (Python's naive datetime).
+func naiveWall(t time.Time) time.Time {
+	return time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
 }
 
-// roundDown is Celery's delta_resolution: truncate t to the day, hour or
-// minute (for intervals of at least that), or to the second.
-func roundDown(t time.Time, every time.Duration) time.Time {
-	y, mo, d := t.Date()
-	h, mi, s := t.Clock()
+// roundedInstants is Celery's _relative_end_dates: the wall time rounded
+// to the interval's resolution (delta_resolution, microseconds dropped),
+// as the instants of both its folds.
+func roundedInstants(wall time.Time, every time.Duration, loc *time.Location) []time.Time {
+	y, mo, d := wall.Date()
+	h, mi, s := wall.Clock()
+	var r time.Time
 	switch {
 	case every >= 24*time.Hour:
-		return wallTime(y, mo, d, 0, 0, t.Location())
+		r = time.Date(y, mo, d, 0, 0, 0, 0, time.UTC)
 	case every >= time.Hour:
-		return wallTime(y, mo, d, h, 0, t.Location())
+		r = time.Date(y, mo, d, h, 0, 0, 0, time.UTC)
 	case every >= time.Minute:
-		return wallTime(y, mo, d, h, mi, t.Location())
+		r = time.Date(y, mo, d, h, mi, 0, 0, time.UTC)
+	default:
+		r = time.Date(y, mo, d, h, mi, s, 0, time.UTC)
 	}
-	return time.Date(y, mo, d, h, mi, s, 0, t.Location())
+	first, second := wallInstants(r, loc)
+	return []time.Time{first, second}
+}
+
+func after(ts []time.Time, t time.Time) []time.Time {
+	var out []time.Time
+	for _, x := range ts {
+		if x.After(t) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func notAfter(ts []time.Time, t time.Time) []time.Time {
+	var out []time.Time
+	for _, x := range ts {
+		if !x.After(t) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // String is "every 10s" (with ", relative").

@@ -1,6 +1,7 @@
 """Writes beat/testdata/crontab_cases.json: next-run times computed by the
 pinned Celery's crontab (remaining_estimate, i.e. remaining_delta plus
-remaining), which the Go table test in beat/ must reproduce.
+remaining), and by its interval schedule (plain and relative), which the Go
+table tests in beat/ must reproduce.
 
 Each case: the five-field string (crontab.from_string's order), the
 schedule's time zone, last_run_at, now, and Celery's next run time
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from celery import Celery
-from celery.schedules import crontab
+from celery.schedules import crontab, schedule
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "..", "beat", "testdata", "crontab_cases.json")
@@ -117,6 +118,32 @@ def cases():
     return out
 
 
+INTERVALS = [1, 10, 45, 60, 90, 300, 3600, 5400, 86400, 2 * 86400]
+
+
+def interval_cases():
+    """Celery's schedule(run_every, relative): relative rounds to the
+    interval's resolution in last_run_at's zone, which beat keeps in the
+    app's time zone."""
+    rnd = random.Random(7)
+    out = []
+    for every in INTERVALS:
+        for relative in (False, True):
+            for tz in TZS:
+                app = Celery(set_as_current=False)
+                app.conf.timezone = tz
+                lasts = [a + timedelta(minutes=rnd.randint(-90, 90), seconds=rnd.randint(0, 59),
+                                       microseconds=rnd.randint(0, 999999)) for a in ANCHORS]
+                for last in lasts:
+                    last = last.astimezone(ZoneInfo(tz))
+                    now = last.astimezone(timezone.utc) + timedelta(seconds=rnd.randint(0, 2 * every))
+                    s = schedule(run_every=every, relative=relative, nowfun=lambda: now, app=app)
+                    nxt = now.astimezone(timezone.utc) + s.remaining_estimate(last)
+                    out.append({"every": every, "relative": relative, "tz": tz,
+                                "last_run_at": iso(last), "now": iso(now), "next": iso(nxt)})
+    return out
+
+
 def bad_cases():
     out = []
     for expr in BAD:
@@ -135,6 +162,7 @@ def document():
         "generator": "interop/python/gen_crontab_cases.py",
         "celery": __import__("celery").__version__,
         "cases": cases(),
+        "intervals": interval_cases(),
         "bad": bad_cases(),
     }
 
@@ -144,9 +172,9 @@ def render():
     doc = document()
     lines = ["{", f' "generator": {json.dumps(doc["generator"])},',
              f' "celery": {json.dumps(doc["celery"])},']
-    for key in ("cases", "bad"):
+    for key in ("cases", "intervals", "bad"):
         rows = [json.dumps(c, separators=(",", ":")) for c in doc[key]]
-        lines.append(f' "{key}": [\n  ' + ",\n  ".join(rows) + "\n ]" + ("," if key == "cases" else ""))
+        lines.append(f' "{key}": [\n  ' + ",\n  ".join(rows) + "\n ]" + ("," if key != "bad" else ""))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
