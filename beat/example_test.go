@@ -1,10 +1,15 @@
 package beat_test
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/gocelery/gocelery/beat"
+	"github.com/gocelery/gocelery/producer"
 )
 
 func ExampleParseCrontab() {
@@ -61,4 +66,22 @@ entries:
 	// nightly-report reports.nightly 30 2 * * mon-fri
 	// heartbeat ops.ping every 10s
 	// entry "bad": beat: bad crontab: day_of_week "1-8": invalid end range: 8 > 6
+}
+
+// Embedding the scheduler in every process of a web server is safe: one
+// process leads and sends, the others stand by.
+func ExampleNew() {
+	run := func(ctx context.Context, rdb redis.UniversalClient, p *producer.Producer) {
+		s := beat.New(rdb, p, beat.Config{KeyPrefix: "redbeat:", LockTTL: 5 * time.Second})
+		go func() {
+			if err := s.Run(ctx); err != nil {
+				slog.Error("beat stopped", "err", err)
+			}
+		}()
+		// Entries are data: add one at run time, from any process.
+		sched, _ := beat.ParseTrigger("*/15 * * * mon-fri", time.UTC)
+		_ = s.Store().Put(ctx, &beat.Entry{Name: "sync-crm", Task: "crm.sync", Schedule: sched, Enabled: true,
+			Options: map[string]any{"queue": "crm", "expires": 600}})
+	}
+	_ = run
 }

@@ -67,7 +67,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (time.Now); tests move it.
 	Now func() time.Time
-	// OnSend, when set, is called after each send (for metrics and tests).
+	// OnSend, when set, is called after each send (for metrics and tests),
+	// from several goroutines at once.
 	OnSend func(SendEvent)
 }
 

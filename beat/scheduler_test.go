@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,5 +294,67 @@ func TestOutcomeRecordedAndRunNow(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(sender.all()); n != 1 {
 		t.Errorf("a disabled entry ran: %d sends", n)
+	}
+}
+
+// TestClockJumpNoStorm: the wall clock jumps an hour ahead under a running
+// leader; each 1 s entry runs once for the jump, not 3,600 times.
+func TestClockJumpNoStorm(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	st := NewStore(rdb, prefix)
+	for _, name := range []string{"a", "b", "c"} {
+		if err := st.Put(ctx, &Entry{Name: name, Task: "t." + name, Schedule: &Interval{Every: time.Second}, Enabled: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	var mu sync.Mutex
+	perEntry := map[string]int{}
+	runScheduler(t, New(rdb, &recordingSender{}, Config{KeyPrefix: prefix, Now: now, OnSend: func(ev SendEvent) {
+		mu.Lock()
+		perEntry[ev.Entry]++
+		mu.Unlock()
+	}}))
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return perEntry["a"] + perEntry["b"] + perEntry["c"]
+	}
+	waitFor(t, 3*time.Second, "first runs", func() bool { return count() >= 3 })
+	before := count()
+	offset.Store(int64(time.Hour))
+	time.Sleep(1500 * time.Millisecond)
+	// At most the jump's run plus one or two regular ticks per entry.
+	if got := count() - before; got < 3 || got > 9 {
+		t.Fatalf("%d sends in 1.5 s after a one-hour jump of three 1 s entries, want 3 to 9", got)
+	}
+}
+
+func TestNextRunBounds(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	hourly, _ := ParseCrontab("0 * * * *", nil)
+	tests := []struct {
+		name string
+		e    Entry
+		last time.Time
+		want time.Time
+	}{
+		{"interval", Entry{Schedule: &Interval{Every: time.Minute}}, t0, t0.Add(time.Minute)},
+		{"never ran", Entry{Schedule: &Interval{Every: time.Minute}}, time.Time{}, time.Unix(0, 0)},
+		{"interval before start", Entry{Schedule: &Interval{Every: time.Minute}, StartTime: t0.Add(time.Hour)}, t0, t0.Add(time.Hour)},
+		{"crontab before start", Entry{Schedule: hourly, StartTime: t0.Add(90 * time.Minute)}, t0, t0.Add(2 * time.Hour)},
+		{"after end", Entry{Schedule: hourly, EndTime: t0.Add(30 * time.Minute)}, t0, time.Time{}},
+		{"at end", Entry{Schedule: hourly, EndTime: t0.Add(time.Hour)}, t0, t0.Add(time.Hour)},
+		{"one-off pending", Entry{Schedule: &Clocked{At: t0.Add(time.Hour)}}, t0, t0.Add(time.Hour)},
+		{"one-off done", Entry{Schedule: &Clocked{At: t0.Add(time.Hour)}}, t0.Add(time.Hour + time.Millisecond), time.Time{}},
+		{"run now", Entry{Schedule: hourly, RunNow: t0.Add(time.Minute)}, t0, t0.Add(time.Minute)},
+		{"run now after end", Entry{Schedule: hourly, EndTime: t0, RunNow: t0.Add(time.Minute)}, t0, t0.Add(time.Minute)},
+	}
+	for _, tt := range tests {
+		if got := tt.e.NextRun(tt.last); !got.Equal(tt.want) {
+			t.Errorf("%s: NextRun = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
