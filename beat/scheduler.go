@@ -95,7 +95,9 @@ type SendEvent struct {
 // after the broker accepted the message and before the mark (a few
 // milliseconds), and then both copies carry the same task id. A leader
 // that lost its lock never claims (the script checks the owner), and
-// publishes only while its lease is valid, with a deadline at its end.
+// publishes only while its lease is valid, with a deadline at its end. A
+// publish that fails (broker down) is retried every second with the same
+// task id until it goes through or a later run of the entry replaces it.
 type Scheduler struct {
 	rdb    redis.UniversalClient
 	store  *Store
@@ -190,7 +192,21 @@ type leader struct {
 	heap  runHeap
 	byKey map[string]*item
 	rec   *recorder
+
+	mu     sync.Mutex
+	failed []failedSend // claimed runs whose publish failed, retried
 }
+
+// failedSend is a claimed run to publish again (same task id) at retry.
+type failedSend struct {
+	e     *Entry
+	c     claim
+	due   time.Time
+	retry time.Time
+}
+
+// sendRetry is the pause before a failed publish is tried again.
+const sendRetry = time.Second
 
 func (s *Scheduler) lead(lease *Lease) error {
 	ctx := lease.Context()
@@ -221,6 +237,7 @@ func (s *Scheduler) lead(lease *Lease) error {
 		if err := context.Cause(ctx); err != nil {
 			return err
 		}
+		ld.retryFailed(ctx)
 		now := s.cfg.Now()
 		var due []*item
 		for len(ld.heap) > 0 && !ld.heap[0].next.After(now) {
@@ -242,6 +259,11 @@ func (s *Scheduler) lead(lease *Lease) error {
 		if len(ld.heap) > 0 {
 			sleep = min(sleep, ld.heap[0].next.Sub(s.cfg.Now()))
 		}
+		ld.mu.Lock()
+		for _, f := range ld.failed {
+			sleep = min(sleep, time.Until(f.retry))
+		}
+		ld.mu.Unlock()
 		timer.Reset(max(sleep, 0))
 		select {
 		case <-ctx.Done():
@@ -312,6 +334,30 @@ func (ld *leader) refresh(ctx context.Context, name string) {
 	ld.put(e)
 	if len(ld.heap) > n {
 		heap.Fix(&ld.heap, n)
+	}
+}
+
+// retryFailed publishes again, with the same task id, the runs whose
+// publish failed (broker down, for example) and that no later run of the
+// same entry has replaced: a claimed run is sent, late, rather than lost.
+func (ld *leader) retryFailed(ctx context.Context) {
+	ld.mu.Lock()
+	var now, later []failedSend
+	for _, f := range ld.failed {
+		if time.Now().Before(f.retry) {
+			later = append(later, f)
+		} else {
+			now = append(now, f)
+		}
+	}
+	ld.failed = later
+	ld.mu.Unlock()
+	for _, f := range now {
+		if it, ok := ld.byKey[f.e.Name]; ok && it.e.claim.DueMS != f.c.DueMS {
+			ld.log.Warn("beat: failed run replaced by a later one, not retried", "entry", f.e.Name, "task_id", f.c.TaskID)
+			continue
+		}
+		ld.send(ctx, f.e, f.c, f.due, true)
 	}
 }
 
@@ -455,7 +501,10 @@ func (ld *leader) send(ctx context.Context, e *Entry, c claim, due time.Time, re
 	_, err := ld.sender.SendTask(sctx, e.Task, e.Args, e.Kwargs, sendOptions(e, c.TaskID, ld.cfg.Now())...)
 	sent := ld.cfg.Now()
 	if err != nil {
-		ld.log.Error("beat: send failed", "entry", e.Name, "task", e.Task, "task_id", c.TaskID, "err", err)
+		ld.log.Error("beat: send failed, retrying", "entry", e.Name, "task", e.Task, "task_id", c.TaskID, "err", err)
+		ld.mu.Lock()
+		ld.failed = append(ld.failed, failedSend{e: e, c: c, due: due, retry: time.Now().Add(sendRetry)})
+		ld.mu.Unlock()
 		return
 	}
 	c.State = "sent"

@@ -358,3 +358,39 @@ func TestNextRunBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedSendRetried: a publish that fails (broker down) is retried
+// with the same task id once the broker is back, not lost.
+func TestFailedSendRetried(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	st := NewStore(rdb, prefix)
+	if err := st.Put(ctx, &Entry{Name: "e", Task: "t.e", Schedule: &Interval{Every: time.Hour}, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	sender := &recordingSender{fail: errors.New("broker down")}
+	runScheduler(t, New(rdb, sender, Config{KeyPrefix: prefix}))
+	if err := st.RunNow(ctx, "e"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the claim", func() bool {
+		e, _ := st.Get(ctx, "e")
+		return e.claim.State == "claimed"
+	})
+	claimed, _ := st.Get(ctx, "e")
+	sender.mu.Lock()
+	sender.fail = nil
+	sender.mu.Unlock()
+	waitFor(t, 4*time.Second, "the retried send", func() bool { return len(sender.all()) == 1 })
+	if got := sender.all()[0].Opts.TaskID; got != claimed.claim.TaskID {
+		t.Errorf("retried with task id %s, claimed %s", got, claimed.claim.TaskID)
+	}
+	waitFor(t, 2*time.Second, "claim marked sent", func() bool {
+		e, _ := st.Get(ctx, "e")
+		return e.claim.State == "sent"
+	})
+	time.Sleep(1200 * time.Millisecond)
+	if n := len(sender.all()); n != 1 {
+		t.Errorf("%d sends, want 1", n)
+	}
+}
