@@ -24,6 +24,25 @@ var ErrStaleDelivery = errors.New("broker: delivery belongs to a closed channel"
 // Queue declares a queue as Celery's kombu.Queue does. The zero values give
 // Celery's defaults: a durable queue bound to a direct exchange of the same
 // name with the queue name as routing key.
+//
+// Celery's remote-control and event queues, as a Go node declares them:
+//
+//	// <node>.celery.pidbox: receives every broadcast (fanout, key "")
+//	Queue{Name: node + ".celery.pidbox", Exchange: "celery.pidbox", ExchangeType: "fanout",
+//		Transient: true, AutoDelete: true, Exclusive: true,
+//		Arguments: map[string]any{"x-expires": 10000, "x-message-ttl": 300000}}
+//	// <oid>.reply.celery.pidbox: a control client's replies
+//	Queue{Name: oid + ".reply.celery.pidbox", Exchange: "reply.celery.pidbox", RoutingKey: oid,
+//		Transient: true, AutoDelete: true, Exclusive: true, Arguments: ...}
+//	// celeryev.<uuid>: an event monitor; topic on AMQP, fanout on Redis
+//	Queue{Name: "celeryev." + id, Exchange: "celeryev", ExchangeType: "topic", RoutingKey: "#",
+//		Transient: true, AutoDelete: true, Exclusive: true,
+//		Arguments: map[string]any{"x-expires": 60000, "x-message-ttl": 5000}}
+//
+// When the exchange's durability differs from the queue's (celeryev is a
+// durable exchange with transient queues), declare the exchange first with
+// the transport's DeclareExchange: a queue's declaration then uses the
+// exchange as declared instead of deriving it from Transient.
 type Queue struct {
 	Name         string
 	Exchange     string // "" means Name
@@ -51,9 +70,13 @@ func (q Queue) ExchangeName() string {
 	return q.Exchange
 }
 
-// Key returns the binding routing key, defaulting to the queue name.
+// Key returns the binding routing key, defaulting to the queue name for
+// direct and topic exchanges. A fanout queue keeps an empty key, as a bare
+// kombu.Queue has: AMQP ignores it, but on Redis the key is part of the
+// PUB/SUB channel ("/{db}.<exchange>" for "", "/{db}.<exchange>/<key>"
+// otherwise), and Celery's pidbox queues are bound with "".
 func (q Queue) Key() string {
-	if q.RoutingKey == "" {
+	if q.RoutingKey == "" && q.Kind() != "fanout" {
 		return q.Name
 	}
 	return q.RoutingKey
@@ -68,7 +91,14 @@ func (q Queue) Kind() string {
 }
 
 // Exchange declares an exchange on its own, as kombu's Exchange.declare
-// does before publishing to it (events, remote control).
+// does before publishing to it (events, remote control). Celery's, as
+// Celery 5.7 declares them (declaring differently on RabbitMQ fails with
+// PRECONDITION_FAILED when Celery declared first):
+//
+//	Exchange{Name: "celery.pidbox", Kind: "fanout", Transient: true}       // both transports
+//	Exchange{Name: "reply.celery.pidbox", Kind: "direct", Transient: true} // both transports
+//	Exchange{Name: "celeryev", Kind: "topic"}  // RabbitMQ: durable topic
+//	Exchange{Name: "celeryev", Kind: "fanout"} // Redis: Celery makes it fanout there
 type Exchange struct {
 	Name string
 	// Kind is "direct", "topic" or "fanout". On Redis a fanout exchange
