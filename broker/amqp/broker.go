@@ -100,7 +100,8 @@ type Broker struct {
 	// declMu orders Declare against the redeclaration after a reconnect.
 	declMu    sync.Mutex
 	mu        sync.Mutex
-	topology  []broker.Queue // redeclared after every reconnect
+	topology  []broker.Queue    // redeclared after every reconnect
+	exchanges []broker.Exchange // from DeclareExchange; redeclared first
 	consumers map[*consumer]struct{}
 	tags      atomic.Uint64
 
@@ -227,12 +228,110 @@ func (b *Broker) consumerTag() string {
 	return fmt.Sprintf("gocelery-%s-%d", b.tagID, b.tags.Add(1))
 }
 
-// Declare declares each queue as kombu does: its exchange (durable unless
-// Transient; exchanges named amq.* are RabbitMQ's own and only checked),
-// the queue (durable unless Transient, AutoDelete, x-max-priority,
-// x-queue-type quorum, Arguments) and the binding. The queues are
-// remembered and declared again after every reconnect. The context bounds
-// the wait for a connection; a declaration under way is not interrupted.
+// DeclareExchange declares an exchange on its own (exchange.declare:
+// durable unless Transient, auto-delete as given; an amq.* name is
+// RabbitMQ's own and only checked), as kombu's Exchange.declare does before
+// remote-control and event publishes. Declare it exactly as Celery does
+// (see broker.Exchange): RabbitMQ refuses a redeclaration with other
+// arguments (PRECONDITION_FAILED). The exchange is remembered: it is
+// declared again after every reconnect (a transient one does not survive
+// a RabbitMQ restart), and a queue bound to it later is bound to it as
+// declared here rather than as the queue's Transient implies. The context
+// bounds the wait for a connection.
+func (b *Broker) DeclareExchange(ctx context.Context, ex broker.Exchange) error {
+	if b.isClosed() {
+		return broker.ErrClosed
+	}
+	if ex.Name == "" {
+		return errors.New("amqp: declare exchange: the default exchange cannot be declared")
+	}
+	switch ex.Kind {
+	case "direct", "topic", "fanout", "headers":
+	default:
+		return fmt.Errorf("amqp: declare exchange %q: unknown kind %q", ex.Name, ex.Kind)
+	}
+	for {
+		s, err := b.conn.wait(ctx)
+		if err != nil {
+			return err
+		}
+		b.declMu.Lock()
+		err = func() error {
+			ch, err := s.conn.Channel()
+			if err != nil {
+				return fmt.Errorf("amqp: declare exchange %q: %w", ex.Name, err)
+			}
+			defer ch.Close()
+			return declareExchangeOn(ch, ex)
+		}()
+		if err == nil {
+			b.rememberExchange(ex)
+		}
+		b.declMu.Unlock()
+		if err == nil || !s.conn.IsClosed() {
+			return err
+		}
+	}
+}
+
+// declareExchangeOn declares ex on ch; amq.* names are only checked, since
+// RabbitMQ refuses to declare them.
+func declareExchangeOn(ch *amqp.Channel, ex broker.Exchange) error {
+	var err error
+	if strings.HasPrefix(ex.Name, "amq.") {
+		err = ch.ExchangeDeclarePassive(ex.Name, ex.Kind, true, false, false, false, nil)
+	} else {
+		err = ch.ExchangeDeclare(ex.Name, ex.Kind, !ex.Transient, ex.AutoDelete, false, false, nil)
+	}
+	if err != nil {
+		if e := (*amqp.Error)(nil); errors.As(err, &e) && e.Code == amqp.PreconditionFailed {
+			return fmt.Errorf("amqp: declare exchange %q (%s, durable=%t, auto-delete=%t) differently from its existing declaration; "+
+				"declare it as Celery does, with DeclareExchange before the queues bound to it: %w",
+				ex.Name, ex.Kind, !ex.Transient, ex.AutoDelete, err)
+		}
+		return fmt.Errorf("amqp: declare exchange %q: %w", ex.Name, err)
+	}
+	return nil
+}
+
+func (b *Broker) rememberExchange(ex broker.Exchange) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, old := range b.exchanges {
+		if old.Name == ex.Name {
+			b.exchanges[i] = ex
+			return
+		}
+	}
+	b.exchanges = append(b.exchanges, ex)
+}
+
+// exchangeOf is the exchange q's declaration declares: the one given to
+// DeclareExchange when there was one (so a durable event exchange is not
+// redeclared transient for a transient queue), else kombu's default for a
+// queue, the queue's type with the queue's durability, not auto-delete.
+func (b *Broker) exchangeOf(q broker.Queue) broker.Exchange {
+	name := q.ExchangeName()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, ex := range b.exchanges {
+		if ex.Name == name {
+			return ex
+		}
+	}
+	return broker.Exchange{Name: name, Kind: q.Kind(), Transient: q.Transient}
+}
+
+// Declare declares each queue as kombu does: its exchange (see exchangeOf:
+// as given to DeclareExchange, else durable unless Transient; exchanges
+// named amq.* are RabbitMQ's own and only checked), the queue (durable
+// unless Transient, AutoDelete, Exclusive, x-max-priority, x-queue-type
+// quorum, Arguments such as x-expires and x-message-ttl) and the binding
+// with q.Key() (ignored by a fanout exchange). The queues are remembered
+// and declared again after every reconnect: an exclusive queue, which
+// RabbitMQ deletes with the connection that declared it, comes back with
+// the new one. The context bounds the wait for a connection; a
+// declaration under way is not interrupted.
 func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 	if b.isClosed() {
 		return broker.ErrClosed
@@ -251,7 +350,7 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 		// sees these queues remembered, or this one fails on the lost
 		// connection and is done again on the new one.
 		b.declMu.Lock()
-		err = declareAll(ctx, s.conn, qs)
+		err = b.declareAll(ctx, s.conn, qs)
 		if err == nil {
 			b.remember(qs)
 		}
@@ -262,7 +361,7 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 	}
 }
 
-func declareAll(ctx context.Context, conn *amqp.Connection, qs []broker.Queue) error {
+func (b *Broker) declareAll(ctx context.Context, conn *amqp.Connection, qs []broker.Queue) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("amqp: declare: %w", err)
@@ -272,7 +371,7 @@ func declareAll(ctx context.Context, conn *amqp.Connection, qs []broker.Queue) e
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := declareOn(ch, q); err != nil {
+		if err := declareOn(ch, q, b.exchangeOf(q)); err != nil {
 			return err
 		}
 	}
@@ -308,6 +407,7 @@ func (b *Broker) redeclare(conn *amqp.Connection) error {
 	defer b.declMu.Unlock()
 	b.mu.Lock()
 	qs := append([]broker.Queue(nil), b.topology...)
+	exs := append([]broker.Exchange(nil), b.exchanges...)
 	b.mu.Unlock()
 	var ch *amqp.Channel
 	defer func() {
@@ -315,14 +415,32 @@ func (b *Broker) redeclare(conn *amqp.Connection) error {
 			ch.Close()
 		}
 	}()
-	for _, q := range qs {
+	open := func() error {
 		if ch == nil || ch.IsClosed() {
 			var err error
 			if ch, err = conn.Channel(); err != nil {
 				return fmt.Errorf("amqp: redeclare: %w", err)
 			}
 		}
-		if err := declareOn(ch, q); err != nil {
+		return nil
+	}
+	// Exchanges first: a queue bound to one needs it to exist.
+	for _, ex := range exs {
+		if err := open(); err != nil {
+			return err
+		}
+		if err := declareExchangeOn(ch, ex); err != nil {
+			if conn.IsClosed() {
+				return err
+			}
+			b.logger.Error("amqp: redeclaring an exchange after reconnect failed", "exchange", ex.Name, "error", err)
+		}
+	}
+	for _, q := range qs {
+		if err := open(); err != nil {
+			return err
+		}
+		if err := declareOn(ch, q, b.exchangeOf(q)); err != nil {
 			if conn.IsClosed() {
 				return err
 			}
@@ -332,8 +450,9 @@ func (b *Broker) redeclare(conn *amqp.Connection) error {
 	return nil
 }
 
-// declareOn declares q's exchange, the queue and the binding on ch.
-func declareOn(ch *amqp.Channel, q broker.Queue) error {
+// declareOn declares q's exchange (ex, from exchangeOf), the queue and the
+// binding on ch.
+func declareOn(ch *amqp.Channel, q broker.Queue, ex broker.Exchange) error {
 	args := make(map[string]any, len(q.Arguments)+2)
 	for k, v := range q.Arguments {
 		args[k] = v
@@ -348,24 +467,18 @@ func declareOn(ch *amqp.Channel, q broker.Queue) error {
 	if err != nil {
 		return fmt.Errorf("amqp: declare queue %q: %w", q.Name, err)
 	}
-	ex := q.ExchangeName()
-	if ex != "" {
-		if strings.HasPrefix(ex, "amq.") {
-			// RabbitMQ refuses to declare the reserved amq.* names.
-			err = ch.ExchangeDeclarePassive(ex, q.Kind(), true, false, false, false, nil)
-		} else {
-			err = ch.ExchangeDeclare(ex, q.Kind(), !q.Transient, false, false, false, nil)
-		}
-		if err != nil {
-			return fmt.Errorf("amqp: declare exchange %q: %w", ex, err)
+	if ex.Name != "" {
+		if err := declareExchangeOn(ch, ex); err != nil {
+			return err
 		}
 	}
-	if _, err := ch.QueueDeclare(q.Name, !q.Transient, q.AutoDelete, false, false, table); err != nil {
+	if _, err := ch.QueueDeclare(q.Name, !q.Transient, q.AutoDelete, q.Exclusive, false, table); err != nil {
 		return fmt.Errorf("amqp: declare queue %q: %w", q.Name, err)
 	}
-	if ex != "" {
-		if err := ch.QueueBind(q.Name, q.Key(), ex, false, nil); err != nil {
-			return fmt.Errorf("amqp: bind queue %q to %q (key %q): %w", q.Name, ex, q.Key(), err)
+	if ex.Name != "" {
+		// A fanout exchange ignores the key; kombu binds with "" there.
+		if err := ch.QueueBind(q.Name, q.Key(), ex.Name, false, nil); err != nil {
+			return fmt.Errorf("amqp: bind queue %q to %q (key %q): %w", q.Name, ex.Name, q.Key(), err)
 		}
 	}
 	return nil

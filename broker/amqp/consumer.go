@@ -211,7 +211,7 @@ func (c *consumer) setup(ctx context.Context, declare bool) (*consumeChannel, []
 	// connection (which cancels its consumers) comes back, as with kombu.
 	if declare {
 		for _, q := range c.queues {
-			if err := declareOn(ch, q); err != nil {
+			if err := declareOn(ch, q, c.b.exchangeOf(q)); err != nil {
 				return fail(err)
 			}
 		}
