@@ -6,7 +6,9 @@
 // The layout is kombu's: a queue is a list per priority step ("celery",
 // "celery\x06\x163", ...), published to with LPUSH and consumed with BRPOP;
 // bindings are the sets _kombu.binding.<exchange>; fanout exchanges are
-// PUB/SUB channels "/<db>.<exchange>"; acknowledgement is emulated with the
+// PUB/SUB channels "/<db>.<exchange>[/<routing key>]", published to with
+// PUBLISH and consumed with PSUBSCRIBE (remote control and events; see
+// fanout.go); acknowledgement is emulated with the
 // hash "unacked" and the sorted set "unacked_index", and a message nobody
 // acknowledged within the visibility timeout is put back by whichever
 // consumer (Python or Go) scans first, under the lock "unacked_mutex".
@@ -34,7 +36,8 @@
 //     message be redelivered after the visibility timeout.
 //
 // A Broker's background components, one per file, share one shape (start,
-// shutdown): each Consume runs a consumer (BRPOP, bookkeeping, hand-out),
+// shutdown): each Consume runs a consumer (BRPOP, bookkeeping, hand-out)
+// and, for queues bound to fanout exchanges, a subscriber (PSUBSCRIBE),
 // the keeper refreshes unsettled deliveries and retries deferred settles,
 // and the restorer runs the visibility-timeout restore.
 package redis
@@ -66,11 +69,6 @@ var ErrForeignDelivery = errors.New("redis: delivery is not from this broker")
 // acked or rejected: settling twice would remove or requeue a message
 // that is no longer this delivery's.
 var ErrAlreadySettled = errors.New("redis: delivery already acked or rejected")
-
-// ErrFanoutConsume is returned by Consume for a queue bound to a fanout
-// exchange: on Redis fanout is PUB/SUB, not a list, and this transport only
-// publishes to it.
-var ErrFanoutConsume = errors.New("redis: consuming from a fanout exchange is not supported")
 
 // Options configure a Broker. The zero value gives the defaults, which are
 // kombu's.
@@ -161,6 +159,7 @@ type Broker struct {
 	exchanges map[string]string // exchange name -> type, from Declare
 	autoDel   []broker.Queue    // fanout queues to unbind at Close, as kombu does
 	consumers map[*consumer]struct{}
+	subs      map[*subscriber]struct{}
 	live      map[*inflight]struct{}
 	liveTags  map[string]int // tags of live, for the restorer to leave alone
 	seq       uint64
@@ -217,6 +216,7 @@ func New(client redis.UniversalClient, db int, opts Options) *Broker {
 			"celery.pidbox": "fanout",
 		},
 		consumers: make(map[*consumer]struct{}),
+		subs:      make(map[*subscriber]struct{}),
 		live:      make(map[*inflight]struct{}),
 		liveTags:  make(map[string]int),
 		closing:   make(chan struct{}),
@@ -274,18 +274,68 @@ func (b *Broker) retry(ctx context.Context, op func(context.Context) error) erro
 	}
 }
 
+// DeclareExchange remembers the exchange's kind in this process, which is
+// all kombu's virtual transport does (exchange types are not stored in
+// Redis): Publish to an exchange known as fanout is a PUB/SUB PUBLISH,
+// to any other a binding-table lookup. Nothing is sent to Redis, so ctx
+// is unused. Durability and auto-delete mean nothing on Redis. Celery
+// declares its event exchange "celeryev" as fanout on Redis (its
+// events.get_exchange), so declare it with Kind "fanout" here; the
+// transport does not second-guess a "topic" kind. Until they are declared,
+// celeryev and celery.pidbox are taken as fanout, the kinds Celery gives
+// them on Redis.
+func (b *Broker) DeclareExchange(_ context.Context, ex broker.Exchange) error {
+	if b.isClosed() {
+		return broker.ErrClosed
+	}
+	if ex.Name == "" {
+		return errors.New("redis: declare exchange: the default exchange cannot be declared")
+	}
+	if k := ex.Kind; k != "direct" && k != "topic" && k != "fanout" {
+		return fmt.Errorf("redis: declare exchange %q: kind %q not supported (direct, topic, fanout)", ex.Name, k)
+	}
+	b.mu.Lock()
+	b.exchanges[ex.Name] = ex.Kind
+	b.mu.Unlock()
+	return nil
+}
+
+// resolve fills in a queue's exchange type from the exchange's declared
+// kind when the queue does not give one, as a kombu.Queue carries its
+// Exchange object: a queue bound to "celery.pidbox" is a fanout queue
+// (routing key "", PUB/SUB) even when only the exchange said so.
+func (b *Broker) resolve(qs []broker.Queue) []broker.Queue {
+	out := make([]broker.Queue, len(qs))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, q := range qs {
+		if q.ExchangeType == "" {
+			q.ExchangeType = b.exchanges[q.ExchangeName()]
+		}
+		out[i] = q
+	}
+	return out
+}
+
 // Declare records each queue's binding as kombu's queue_bind does:
 // SADD _kombu.binding.<exchange> "<routing key>\x06\x16<pattern>\x06\x16<queue>"
-// (pattern: the topic regex for a topic exchange, else empty) and, as
-// kombu 5.7 does, the same member in _kombu.binding_permanent.<exchange>.
-// Lists need no declaring. The exchange's type is remembered in this
-// process only, as kombu does; Publish needs it to tell fanout (PUB/SUB)
-// from queue routing. Durability, priorities and arguments mean nothing on
-// Redis and are ignored. During an outage Declare waits, bounded by ctx.
+// (pattern: the topic regex for a topic exchange, else empty; the routing
+// key of a fanout queue defaults to "", see broker.Queue.Key) and, as
+// kombu 5.7 does, the same member in _kombu.binding_permanent.<exchange>;
+// for a queue with an x-expires argument, kombu 5.7's expiring binding
+// instead: the member, and the exchange's deadline in
+// _kombu.binding_deadlines raised to twice x-expires (at least an hour)
+// from now by the server's clock, so kombu's sweep may drop the table once
+// nobody refreshes it. Lists need no declaring. The exchange's type is
+// remembered in this process only, as kombu does (see DeclareExchange).
+// Durability, exclusivity, priorities and other arguments mean nothing
+// on Redis and are ignored. During an outage Declare waits, bounded by
+// ctx.
 func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 	if b.isClosed() {
 		return broker.ErrClosed
 	}
+	qs = b.resolve(qs)
 	for _, q := range qs {
 		if q.Name == "" {
 			return errors.New("redis: declare: a queue needs a name")
@@ -302,6 +352,14 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 					pattern = topicPattern(q.Key())
 				}
 				m := bindingMember(q.Key(), pattern, q.Name)
+				if ms, ok := queueExpiry(q); ok {
+					ttl := max(ms*bindingExpiresFactor, minBindingTTL)
+					// Eval, not EvalSha: in a transaction a NOSCRIPT
+					// reply comes too late to fall back.
+					refreshBindingScript.Eval(ctx, p, []string{b.keys.binding(q.ExchangeName()), b.keys.bindingDeadlines()},
+						m, q.ExchangeName(), ttl)
+					continue
+				}
 				p.SAdd(ctx, b.keys.binding(q.ExchangeName()), m)
 				p.SAdd(ctx, b.keys.permanent(q.ExchangeName()), m)
 			}
@@ -396,10 +454,13 @@ func (b *Broker) Consume(ctx context.Context, queues []broker.Queue, prefetch in
 	if prefetch < 0 {
 		return nil, fmt.Errorf("redis: prefetch %d is negative", prefetch)
 	}
+	queues = b.resolve(queues)
 	var names []string
+	var fanouts []broker.Queue
 	for _, q := range queues {
 		if q.Kind() == "fanout" {
-			return nil, fmt.Errorf("%w: queue %q, exchange %q", ErrFanoutConsume, q.Name, q.ExchangeName())
+			fanouts = append(fanouts, q)
+			continue
 		}
 		if !slices.Contains(names, q.Name) {
 			names = append(names, q.Name)
@@ -411,22 +472,60 @@ func (b *Broker) Consume(ctx context.Context, queues []broker.Queue, prefetch in
 	if err := b.SetPrefetch(prefetch); err != nil {
 		return nil, err
 	}
-	c := newConsumer(ctx, b, names)
-	// Started under mu, so Close either sees it (and stops it) or has
-	// already begun, in which case it never starts.
+	var s *subscriber
+	if len(fanouts) > 0 {
+		// Subscribed before Consume returns: a message published after
+		// that reaches this consumer (PUB/SUB keeps nothing for later).
+		s = newSubscriber(ctx, b, fanouts)
+		if err := s.subscribe(); err != nil {
+			s.cancel()
+			return nil, err
+		}
+	}
+	var c *consumer
+	if len(names) > 0 {
+		c = newConsumer(ctx, b, names)
+	}
+	// Started under mu, so Close either sees them (and stops them) or has
+	// already begun, in which case they never start.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.isClosed() {
-		c.cancel()
+		if s != nil {
+			s.abort()
+		}
+		if c != nil {
+			c.cancel()
+		}
 		return nil, broker.ErrClosed
 	}
-	b.consumers[c] = struct{}{}
-	c.start(&b.wg)
-	if b.restorer == nil && b.opts.RestoreInterval > 0 {
-		b.restorer = newRestorer(restorerParams{b: b, every: b.opts.RestoreInterval})
-		b.restorer.start(&b.wg)
+	var out chan *broker.Delivery
+	if s != nil && c != nil {
+		// One Go channel for both, closed by whichever stops last.
+		var running atomic.Int32
+		running.Store(2)
+		release := func() {
+			if running.Add(-1) == 0 {
+				close(s.out)
+			}
+		}
+		c.out, c.closeOut, s.closeOut = s.out, release, release
 	}
-	return c.out, nil
+	if s != nil {
+		b.subs[s] = struct{}{}
+		s.start(&b.wg)
+		out = s.out
+	}
+	if c != nil {
+		b.consumers[c] = struct{}{}
+		c.start(&b.wg)
+		out = c.out
+		if b.restorer == nil && b.opts.RestoreInterval > 0 {
+			b.restorer = newRestorer(restorerParams{b: b, every: b.opts.RestoreInterval})
+			b.restorer.start(&b.wg)
+		}
+	}
+	return out, nil
 }
 
 // removeConsumer forgets a consumer that has ended.
@@ -546,10 +645,17 @@ func (b *Broker) Close() error {
 		for c := range b.consumers {
 			cs = append(cs, c)
 		}
+		ss := make([]*subscriber, 0, len(b.subs))
+		for s := range b.subs {
+			ss = append(ss, s)
+		}
 		r := b.restorer
 		b.mu.Unlock()
 		for _, c := range cs {
 			c.shutdown()
+		}
+		for _, s := range ss {
+			s.shutdown()
 		}
 		if r != nil {
 			r.shutdown()

@@ -21,13 +21,16 @@ import (
 // for prefetch credit, BRPOPs, records what it received in unacked, and
 // hands it over on out, which stays the same Go channel across outages.
 type consumer struct {
-	b      *Broker
-	order  []string          // queue names, in this round's BRPOP order
-	lists  map[string]string // list key -> queue name
-	out    chan *broker.Delivery
-	poll   *poller
-	wake   chan struct{} // credit returned or prefetch changed
-	unacks atomic.Int64  // received and not settled or given back
+	b     *Broker
+	order []string          // queue names, in this round's BRPOP order
+	lists map[string]string // list key -> queue name
+	out   chan *broker.Delivery
+	// closeOut closes out when the consumer ends; Consume replaces it when
+	// a subscriber shares out.
+	closeOut func()
+	poll     *poller
+	wake     chan struct{} // credit returned or prefetch changed
+	unacks   atomic.Int64  // received and not settled or given back
 
 	// ctx is done when Consume's context is or the broker closes.
 	ctx      context.Context
@@ -37,11 +40,13 @@ type consumer struct {
 
 func newConsumer(ctx context.Context, b *Broker, queues []string) *consumer {
 	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan *broker.Delivery)
 	c := &consumer{
 		b:        b,
 		order:    queues,
 		lists:    make(map[string]string, len(queues)*len(b.keys.steps)),
-		out:      make(chan *broker.Delivery),
+		out:      out,
+		closeOut: func() { close(out) },
 		poll:     newPoller(b.client),
 		wake:     make(chan struct{}, 1),
 		ctx:      ctx,
@@ -76,7 +81,7 @@ func (c *consumer) start(wg *sync.WaitGroup) {
 			}
 		}()
 		defer c.poll.close()
-		defer close(c.out)
+		defer c.closeOut()
 		c.run()
 	}()
 }

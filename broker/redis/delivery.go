@@ -149,7 +149,8 @@ func (b *Broker) liveSnapshot() []*inflight {
 // returns broker.ErrStaleDelivery, and the restored copy is left alone. If
 // Redis cannot be reached the ack is kept and retried in the background
 // until it lands (the delivery is kept alive meanwhile), and Ack returns
-// nil.
+// nil. A delivery from a fanout (PUB/SUB) queue has nothing to acknowledge:
+// Ack and Reject return nil and do nothing.
 func (b *Broker) Ack(d *broker.Delivery) error {
 	return b.settle(d, opAck)
 }
@@ -166,6 +167,12 @@ func (b *Broker) Reject(d *broker.Delivery, requeue bool) error {
 }
 
 func (b *Broker) settle(d *broker.Delivery, op settleOp) error {
+	if fd, ok := d.Private.(*fanoutDelivery); ok {
+		if fd.b != b {
+			return ErrForeignDelivery
+		}
+		return nil // PUB/SUB: nothing to acknowledge (see fanout.go)
+	}
 	f, ok := d.Private.(*inflight)
 	if !ok || f.b != b {
 		return ErrForeignDelivery

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/gocelery/gocelery/broker"
 )
 
 // sep is kombu's separator between a queue name and its priority step, and
@@ -19,9 +21,11 @@ const sep = "\x06\x16"
 const (
 	bindingPrefix   = "_kombu.binding."
 	permanentPrefix = "_kombu.binding_permanent."
-	unackedName     = "unacked"
-	unackedIdxName  = "unacked_index"
-	unackedMutex    = "unacked_mutex"
+	// bindingDeadlinesName is kombu 5.7's keyprefix_binding_deadlines.
+	bindingDeadlinesName = "_kombu.binding_deadlines"
+	unackedName          = "unacked"
+	unackedIdxName       = "unacked_index"
+	unackedMutex         = "unacked_mutex"
 )
 
 // keyspace names every key and channel as kombu does for one database and
@@ -85,12 +89,55 @@ func (k keyspace) lists(queue string) []string {
 	return out
 }
 
+// queueExpiry returns a queue's x-expires argument in ms, as kombu 5.7's
+// _get_queue_expire reads it (int(value)); ok is false when there is none
+// or it is not a number, which kombu ignores too.
+func queueExpiry(q broker.Queue) (ms int64, ok bool) {
+	switch v := q.Arguments["x-expires"].(type) {
+	case int:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int32:
+		return int64(v), true
+	case int64:
+		return v, true
+	case uint8:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint32:
+		return int64(v), true
+	case float32:
+		return int64(v), true
+	case float64:
+		return int64(v), true
+	case string:
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// kombu 5.7's lifetime of an expiring binding table: BINDING_EXPIRES_FACTOR
+// times the queue's x-expires, at least MIN_BINDING_TTL (1 h, in ms).
+const (
+	bindingExpiresFactor = 2
+	minBindingTTL        = int64(60 * 60 * 1000)
+)
+
 func (k keyspace) binding(exchange string) string { return k.prefix + bindingPrefix + exchange }
 
 // permanent is the set kombu 5.7 keeps beside each binding table so that
 // its sweep of expiring (x-expires) bindings never deletes a table that
 // still routes to a queue without expiry.
 func (k keyspace) permanent(exchange string) string { return k.prefix + permanentPrefix + exchange }
+
+// bindingDeadlines is kombu 5.7's sorted set of exchanges whose binding
+// tables expire (queues with x-expires), scored by deadline in ms.
+func (k keyspace) bindingDeadlines() string { return k.prefix + bindingDeadlinesName }
 
 func (k keyspace) unacked() string    { return k.prefix + unackedName }
 func (k keyspace) unackedIdx() string { return k.prefix + unackedIdxName }

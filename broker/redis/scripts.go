@@ -168,3 +168,20 @@ for i = 3, #KEYS do
 end
 return false
 `)
+
+// refreshBindingScript is kombu 5.7's REFRESH_BINDING, which its
+// queue_bind runs instead of the permanent-set SADD for a queue with
+// x-expires: add the member, and raise the exchange's deadline (server
+// clock, ms) so that kombu's sweep drops a table nobody refreshed. ZADD GT
+// needs Redis 6.2, as kombu's does.
+//
+// KEYS: _kombu.binding.<exchange>, _kombu.binding_deadlines. ARGV: member,
+// exchange, lifetime in ms. Returns 1 (kombu's returns nothing, which
+// go-redis would take for redis.Nil, an error in a transaction).
+var refreshBindingScript = redis.NewScript(`
+redis.call('SADD', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+return 1
+`)
