@@ -276,9 +276,11 @@ func (s *Scheduler) lead(lease *Lease) error {
 				default:
 				}
 			}
-			if ok {
-				ld.refresh(ctx, m.Payload)
+			if !ok {
+				changes = nil // closed: rely on the periodic reload
+				continue
 			}
+			ld.refresh(ctx, m.Payload)
 		}
 	}
 }
@@ -364,10 +366,20 @@ func (ld *leader) retryFailed(ctx context.Context) {
 // recover re-sends runs a previous leader claimed but did not mark sent.
 func (ld *leader) recover(ctx context.Context) {
 	var todo []*Entry
+	now := ld.cfg.Now()
 	for _, it := range ld.byKey {
-		if c := it.e.claim; c.State == "claimed" && c.Fence != ld.lease.Fence {
-			todo = append(todo, it.e)
+		c := it.e.claim
+		if c.State != "claimed" || c.Fence == ld.lease.Fence {
+			continue
 		}
+		if !it.next.After(now) {
+			// The entry is due again already (the leader was down for a
+			// while): that run stands for this one, so it runs once.
+			ld.log.Warn("beat: run claimed by a previous leader and not marked sent is superseded by the next one",
+				"entry", it.e.Name, "task_id", c.TaskID)
+			continue
+		}
+		todo = append(todo, it.e)
 	}
 	for _, e := range todo {
 		c := e.claim
