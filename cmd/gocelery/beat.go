@@ -70,7 +70,7 @@ func envOr(k, def string) string {
 }
 
 func (sf *storeFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&sf.redisURL, "redis", envOr("REDBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis holding the schedule (redbeat_redis_url; env REDBEAT_REDIS_URL)")
+	fs.StringVar(&sf.redisURL, "redis", envOr("REDBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis holding the schedule (redbeat_redis_url; env REDBEAT_REDIS_URL; gocelery beat defaults to the Redis result backend, then a Redis broker)")
 	fs.StringVar(&sf.prefix, "key-prefix", beat.DefaultKeyPrefix, "key prefix (redbeat_key_prefix)")
 }
 
@@ -123,6 +123,18 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *replicas < 1 {
 		return errors.New("--replicas: at least 1")
+	}
+	// Like redbeat_redis_url: unset, the store is the Redis result backend,
+	// else the Redis broker.
+	redisSet := os.Getenv("REDBEAT_REDIS_URL") != ""
+	fs.Visit(func(f *flag.Flag) { redisSet = redisSet || f.Name == "redis" })
+	if !redisSet {
+		for _, u := range []string{*backendURL, *brokerURL} {
+			if strings.HasPrefix(u, "redis://") || strings.HasPrefix(u, "rediss://") {
+				sf.redisURL = u
+				break
+			}
+		}
 	}
 	rdb, store, err := sf.open()
 	if err != nil {
