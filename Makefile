@@ -28,7 +28,8 @@ pytest:
 	# The broker-neutral suites again with Redis as broker (kombu's layout).
 	INTEROP_BROKER_URL=redis://127.0.0.1:6379/4 .venv/bin/pytest -q \
 		interop/python/test_go_worker.py interop/python/test_two_services.py \
-		interop/python/test_canvas.py interop/python/test_beat.py
+		interop/python/test_canvas.py interop/python/test_beat.py \
+		interop/python/test_control.py
 
 # Regenerate protocol/testdata/vectors from the pinned Celery/kombu.
 vectors: services

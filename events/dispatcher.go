@@ -105,6 +105,10 @@ func New(p Publisher, cfg Config) *Dispatcher {
 	return d
 }
 
+// SetStats sets where worker events read the active and processed
+// counts; call it before Run.
+func (d *Dispatcher) SetStats(f func() (active, processed int64)) { d.cfg.Stats = f }
+
 // Clock returns the dispatcher's Lamport clock.
 func (d *Dispatcher) Clock() *Clock { return d.clock }
 

@@ -30,10 +30,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,6 +45,9 @@ import (
 	"github.com/gocelery/gocelery/broker/amqp"
 	"github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/control"
+	"github.com/gocelery/gocelery/events"
+	"github.com/gocelery/gocelery/metrics"
 	"github.com/gocelery/gocelery/results"
 )
 
@@ -53,6 +60,15 @@ type Options struct {
 	Config           consumer.Config
 	LogLevel         slog.Level
 	CPUProfile       string
+	// TaskEvents sends task-* events (-E); WithoutHeartbeat sends no
+	// events at all; HeartbeatInterval is the worker-heartbeat period.
+	TaskEvents        bool
+	WithoutHeartbeat  bool
+	HeartbeatInterval time.Duration
+	// MetricsAddr serves /metrics and /healthz when set.
+	MetricsAddr string
+	// StateDB keeps revoked task ids across restarts (Celery's --statedb).
+	StateDB string
 	// VisibilityTimeout and RestoreInterval are kombu's Redis
 	// visibility_timeout and unacked_restore_interval.
 	VisibilityTimeout time.Duration
@@ -96,6 +112,12 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	unknown := fs.String("unknown-tasks", "dead-letter", "unregistered task names: dead-letter (store FAILURE, move to <queue>.unregistered) or requeue")
 	fs.DurationVar(&o.VisibilityTimeout, "visibility-timeout", time.Hour, "Redis broker: unacked messages of a dead worker come back after this (kombu's visibility_timeout); a live worker keeps its own from expiring")
 	fs.DurationVar(&o.RestoreInterval, "restore-interval", 10*time.Second, "Redis broker: how often to bring back unacked messages past the visibility timeout (kombu's unacked_restore_interval)")
+	fs.BoolVar(&o.TaskEvents, "events", false, "send task events for monitors such as Flower (worker_send_task_events)")
+	fs.BoolVar(&o.TaskEvents, "E", false, "shorthand for --events")
+	fs.BoolVar(&o.WithoutHeartbeat, "without-heartbeat", false, "send no events at all (no worker-online/heartbeat/offline)")
+	fs.DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 2*time.Second, "worker-heartbeat event period")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. :9808)")
+	fs.StringVar(&o.StateDB, "statedb", "", "file keeping revoked task ids across restarts (Celery's --statedb; not Python's shelve format)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
 	level := fs.String("loglevel", "info", "debug, info, warning, error")
 	fs.StringVar(level, "l", "info", "shorthand for --loglevel")
@@ -193,9 +215,65 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	if setup != nil {
 		setup(mux, rb)
 	}
+	clock := &events.Clock{}
+	var dispatcher *events.Dispatcher
+	if !o.WithoutHeartbeat {
+		kind := "topic"
+		if strings.HasPrefix(o.BrokerURL, "redis") {
+			kind = "fanout" // Celery declares the event exchange as fanout on Redis
+		}
+		dispatcher = events.New(b, events.Config{
+			Hostname: o.Config.Hostname, ExchangeKind: kind, HeartbeatInterval: o.HeartbeatInterval,
+			TaskEvents: o.TaskEvents, Clock: clock, Logger: log,
+		})
+		o.Config.Observers = append(o.Config.Observers, dispatcher)
+	}
+	var collector *metrics.Collector
+	if o.MetricsAddr != "" {
+		collector = metrics.NewCollector(metrics.Options{Tasks: mux.Names(), Logger: log})
+		o.Config.Observers = append(o.Config.Observers, collector)
+	}
+	if o.StateDB != "" {
+		o.Config.RevokedStore = &fileRevokedStore{path: o.StateDB}
+	}
 	w, err := consumer.New(b, backend, mux, o.Config)
 	if err != nil {
 		return err
+	}
+	// The side components outlive the worker's Run a little: events say
+	// worker-offline after the last task, and control stops last.
+	sideCtx, stopSide := context.WithCancel(context.WithoutCancel(ctx))
+	var side sync.WaitGroup
+	defer func() {
+		stopSide()
+		side.Wait()
+	}()
+	start := func(name string, run func(context.Context) error) {
+		side.Add(1)
+		go func() {
+			defer side.Done()
+			if err := run(sideCtx); err != nil {
+				log.Error(name+" stopped", "err", err)
+			}
+		}()
+	}
+	if dispatcher != nil {
+		dispatcher.SetStats(func() (int64, int64) { st := w.Stats(); return st.Active, st.Processed })
+		start("events", dispatcher.Run)
+	}
+	nodeCfg := control.NodeConfig{Clock: clock, Broker: brokerInfo(o.BrokerURL), Logger: log}
+	if dispatcher != nil {
+		nodeCfg.Events = dispatcher
+	}
+	start("remote control", control.NewNode(b, w, nodeCfg).Run)
+	if collector != nil {
+		collector.Watch(w, b)
+		ln, err := net.Listen("tcp", o.MetricsAddr) // a bad address fails startup
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		srv := metrics.NewServer(o.MetricsAddr, collector.Handler(), log)
+		start("metrics", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
 	}
 	go func() {
 		select {
@@ -212,7 +290,33 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	return w.Run(runCtx)
 }
 
-func openBroker(ctx context.Context, o *Options, log *slog.Logger) (consumer.Broker, func(), error) {
+// Broker is what the worker program needs from a transport: consuming
+// and publishing tasks, events and remote control, and health.
+type Broker interface {
+	consumer.Broker
+	DeclareExchange(ctx context.Context, ex broker.Exchange) error
+	Connected() bool
+	Reconnects() int64
+}
+
+// brokerInfo describes the broker URL for the stats command.
+func brokerInfo(rawURL string) control.BrokerInfo {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return control.BrokerInfo{}
+	}
+	info := control.BrokerInfo{Transport: u.Scheme, Hostname: u.Hostname(), VHost: strings.TrimPrefix(u.Path, "/")}
+	if info.Transport == "pyamqp" || info.Transport == "amqps" {
+		info.Transport = "amqp"
+	}
+	if info.Transport == "rediss" {
+		info.Transport = "redis"
+	}
+	info.Port, _ = strconv.Atoi(u.Port())
+	return info
+}
+
+func openBroker(ctx context.Context, o *Options, log *slog.Logger) (Broker, func(), error) {
 	url := o.BrokerURL
 	scheme, _, _ := strings.Cut(url, "://")
 	switch scheme {
