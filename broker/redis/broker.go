@@ -154,6 +154,8 @@ type Broker struct {
 	health   health
 	patterns patternCache
 	prefetch atomic.Int64
+	// bindingRefresh overrides keepBindings' period (tests).
+	bindingRefresh time.Duration
 
 	mu        sync.Mutex
 	exchanges map[string]string // exchange name -> type, from Declare
@@ -345,27 +347,7 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 		}
 	}
 	err := b.retry(ctx, func(ctx context.Context) error {
-		_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			for _, q := range qs {
-				pattern := ""
-				if q.Kind() == "topic" {
-					pattern = topicPattern(q.Key())
-				}
-				m := bindingMember(q.Key(), pattern, q.Name)
-				if ms, ok := queueExpiry(q); ok {
-					ttl := max(ms*bindingExpiresFactor, minBindingTTL)
-					// Eval, not EvalSha: in a transaction a NOSCRIPT
-					// reply comes too late to fall back.
-					refreshBindingScript.Eval(ctx, p, []string{b.keys.binding(q.ExchangeName()), b.keys.bindingDeadlines()},
-						m, q.ExchangeName(), ttl)
-					continue
-				}
-				p.SAdd(ctx, b.keys.binding(q.ExchangeName()), m)
-				p.SAdd(ctx, b.keys.permanent(q.ExchangeName()), m)
-			}
-			return nil
-		})
-		return err
+		return b.bind(ctx, qs)
 	})
 	if err != nil {
 		return fmt.Errorf("redis: declare: %w", err)
@@ -381,6 +363,88 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 		}
 	}
 	return nil
+}
+
+// bind writes the queues' bindings in one transaction (see Declare).
+func (b *Broker) bind(ctx context.Context, qs []broker.Queue) error {
+	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, q := range qs {
+			pattern := ""
+			if q.Kind() == "topic" {
+				pattern = topicPattern(q.Key())
+			}
+			m := bindingMember(q.Key(), pattern, q.Name)
+			if ms, ok := queueExpiry(q); ok {
+				// Eval, not EvalSha: in a transaction a NOSCRIPT reply
+				// comes too late to fall back.
+				refreshBindingScript.Eval(ctx, p, []string{b.keys.binding(q.ExchangeName()), b.keys.bindingDeadlines()},
+					m, q.ExchangeName(), bindingTTL(ms))
+				continue
+			}
+			p.SAdd(ctx, b.keys.binding(q.ExchangeName()), m)
+			p.SAdd(ctx, b.keys.permanent(q.ExchangeName()), m)
+		}
+		return nil
+	})
+	return err
+}
+
+// bindingTTL is the lifetime in ms of an expiring binding (kombu's
+// _binding_ttl).
+func bindingTTL(expiresMS int64) int64 {
+	return max(expiresMS*bindingExpiresFactor, minBindingTTL)
+}
+
+// keepBindings keeps the expiring bindings of the queues one Consume
+// call consumes alive while it runs, as kombu's
+// maybe_refresh_binding_expiry does: every third of the shortest binding
+// lifetime the members are written again (recreating a table that was
+// swept or lost) and the deadlines raised. Without it, any kombu process
+// sweeping after the deadline (an hour at least) would delete, say, the
+// reply.celery.pidbox table a long-lived Go control client still
+// receives its replies through. Called with b.mu held, after the
+// isClosed check, so Close waits for it.
+func (b *Broker) keepBindings(ctx context.Context, qs []broker.Queue) {
+	var exp []broker.Queue
+	var shortest int64
+	for _, q := range qs {
+		if ms, ok := queueExpiry(q); ok {
+			exp = append(exp, q)
+			if ttl := bindingTTL(ms); shortest == 0 || ttl < shortest {
+				shortest = ttl
+			}
+		}
+	}
+	if len(exp) == 0 {
+		return
+	}
+	every := b.bindingRefresh
+	if every <= 0 {
+		every = time.Duration(shortest) * time.Millisecond / 3
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-b.closing:
+				return
+			case <-t.C:
+			}
+			// Bounded by the next round: a refresh that cannot reach
+			// Redis now is simply the next one's job.
+			rctx, cancel := context.WithTimeout(ctx, every)
+			err := b.health.observe(b.bind(rctx, exp))
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				b.logger.Warn("redis: refreshing expiring bindings", "error", err)
+			}
+		}
+	}()
 }
 
 func (b *Broker) exchangeType(name string) string {
@@ -443,6 +507,14 @@ func (b *Broker) route(ctx context.Context, exchange, routingKey string) ([]stri
 // done or the Broker closes. Messages received but not yet handed over
 // then go back to the front of their list; deliveries handed over stay
 // settleable until Close, and are kept alive meanwhile.
+//
+// Queues bound to a fanout exchange (ExchangeType "fanout", or an
+// exchange DeclareExchange made fanout) are consumed as kombu does, by
+// PSUBSCRIBE (see fanout.go): Consume returns once Redis has confirmed the
+// subscription, so whatever is published afterwards is received; their
+// deliveries need no Ack (it does nothing), the prefetch does not apply,
+// and what is published while the subscription is down is lost. Both
+// kinds of queue may be consumed in one call, on one Go channel.
 //
 // Several Consume calls may run at once; the prefetch (this call's or the
 // latest SetPrefetch) is one value, applied to each call's deliveries
@@ -511,6 +583,7 @@ func (b *Broker) Consume(ctx context.Context, queues []broker.Queue, prefetch in
 		}
 		c.out, c.closeOut, s.closeOut = s.out, release, release
 	}
+	b.keepBindings(ctx, queues)
 	if s != nil {
 		b.subs[s] = struct{}{}
 		s.start(&b.wg)

@@ -426,3 +426,52 @@ with Connection(url, transport_options=opts) as conn:
 		t.Errorf("delivery_info %v", di)
 	}
 }
+
+// TestExpiringBindingRefreshed: while a queue with x-expires is consumed,
+// its binding is written again periodically, as kombu's
+// maybe_refresh_binding_expiry does, so a sweep (or a lost table) does not
+// leave its exchange unroutable; after the consumer stops it is not.
+func TestExpiringBindingRefreshed(t *testing.T) {
+	pfx := unique("erf") + ":"
+	a := newAdmin(t, testDB)
+	a.cleanupPrefix(pfx)
+	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b.bindingRefresh = 50 * time.Millisecond
+	oid := unique("oid")
+	q := broker.Queue{Name: oid + ".reply.celery.pidbox", Exchange: "reply.celery.pidbox", RoutingKey: oid,
+		Transient: true, AutoDelete: true, Exclusive: true,
+		Arguments: map[string]any{"x-expires": int32(10000), "x-message-ttl": int32(300000)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	out, err := b.Consume(ctx, []broker.Queue{q}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := pfx + "_kombu.binding.reply.celery.pidbox"
+	bg := context.Background()
+	first, _ := a.ZScore(bg, pfx+"_kombu.binding_deadlines", "reply.celery.pidbox").Result()
+	a.Del(bg, table)
+	waitFor(t, 5*time.Second, "the binding written again", func() bool {
+		n, _ := a.Exists(bg, table).Result()
+		return n == 1
+	})
+	if again, _ := a.ZScore(bg, pfx+"_kombu.binding_deadlines", "reply.celery.pidbox").Result(); again <= first {
+		t.Errorf("deadline %v not raised from %v", again, first)
+	}
+	p := text(oid, "reply")
+	p.Exchange, p.Mandatory = "reply.celery.pidbox", true
+	publish(t, b, p)
+	if d := recv(t, out); string(d.Body) != "reply" {
+		t.Fatalf("got %s", d.Body)
+	} else if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	for range out {
+	}
+	time.Sleep(100 * time.Millisecond) // the refresher notices the stop
+	a.Del(bg, table)
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := a.Exists(bg, table).Result(); n != 0 {
+		t.Error("binding refreshed after the consumer stopped")
+	}
+}
