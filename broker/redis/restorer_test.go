@@ -124,11 +124,25 @@ func TestRequeueOrigin(t *testing.T) {
 	p := text("k", "both")
 	p.Exchange = "dx"
 	publish(t, b, p)
-	d := recv(t, consume(t, b, 1, q1))
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	ds, err := b.Consume(ctx, []broker.Queue{q1}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := recv(t, ds)
+	// Stopped first: a running consumer would take the requeued message
+	// again at once, under the same tag, and the check below would race.
+	stop()
+	for range ds {
+	}
 	if err := d.Reject(true); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the requeue", func() bool { return !a.hexists(pfx+"unacked", d.Tag) })
+	if n := a.llen(pfx + "q1"); n != 1 {
+		t.Errorf("q1 holds %d messages, want the requeued one", n)
+	}
 	if n := a.llen(pfx + "q2"); n != 1 {
 		t.Errorf("q2 holds %d messages, want its own copy only", n)
 	}
