@@ -161,7 +161,7 @@ func (p *Producer) applyChain(ctx context.Context, tasks []protocol.Signature, a
 			setOpt(&steps[i], "link_error", sigList(o.LinkError))
 		}
 	}
-	result := &AsyncResult{ID: resultID(&steps[len(steps)-1]), backend: p.backend}
+	result := p.AsyncResult(resultID(&steps[len(steps)-1]))
 	rest := make([]protocol.Signature, 0, len(steps)-1)
 	for i := len(steps) - 1; i >= 1; i-- {
 		rest = append(rest, steps[i])
@@ -265,7 +265,8 @@ func (p *Producer) applyGroup(ctx context.Context, tasks []protocol.Signature, a
 	if gid == "" {
 		gid = uuid.NewString()
 	}
-	res := &AsyncResult{ID: gid, backend: p.backend, Children: make([]*AsyncResult, len(tasks))}
+	res := p.AsyncResult(gid)
+	res.Children = make([]*AsyncResult, len(tasks))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, groupInFlight)
@@ -352,7 +353,7 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 		setOpt(&body, "link_error", sigList(o.LinkError))
 	}
 	setOpt(&body, "group_id", gid)
-	bodyRes := &AsyncResult{ID: body.ID(), backend: p.backend}
+	bodyRes := p.AsyncResult(body.ID())
 	if len(header) == 0 {
 		bo, err := optionsOf(body.Options)
 		if err != nil {

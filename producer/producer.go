@@ -69,7 +69,18 @@ type Config struct {
 	// Origin is the "origin" header; "" means "gen<pid>@<host>", as
 	// Celery's producers outside a worker write.
 	Origin string
+	// Revoker sends revoke commands for AsyncResult.Revoke;
+	// *control.Client provides it.
+	Revoker Revoker
 }
+
+// Revoker revokes tasks on the workers, as app.control.revoke does.
+type Revoker interface {
+	Revoke(ctx context.Context, ids []string, terminate bool) error
+}
+
+// ErrNoRevoker is returned by AsyncResult.Revoke without a Revoker.
+var ErrNoRevoker = errors.New("producer: no Revoker configured (set Config.Revoker to a control.Client)")
 
 // Producer publishes task messages. It is safe for concurrent use.
 type Producer struct {
@@ -258,7 +269,7 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 	if err := p.broker.Publish(ctx, broker.Publishing{Raw: *raw, Exchange: exchange, RoutingKey: key, Mandatory: true}); err != nil {
 		return nil, fmt.Errorf("producer: send %s[%s]: %w", name, o.TaskID, err)
 	}
-	return &AsyncResult{ID: o.TaskID, backend: p.backend}, nil
+	return &AsyncResult{ID: o.TaskID, backend: p.backend, revoker: p.cfg.Revoker}, nil
 }
 
 // route resolves the destination as Celery's Router does: explicit options,
@@ -296,11 +307,18 @@ type AsyncResult struct {
 	// Children are a group's member results (Celery's GroupResult).
 	Children []*AsyncResult
 	backend  Backend
+	revoker  Revoker
 }
 
 // NewAsyncResult returns the result handle of a task id.
 func NewAsyncResult(id string, backend Backend) *AsyncResult {
 	return &AsyncResult{ID: id, backend: backend}
+}
+
+// AsyncResult returns the result handle of a task id sent earlier, with
+// this producer's backend and revoker.
+func (p *Producer) AsyncResult(id string) *AsyncResult {
+	return &AsyncResult{ID: id, backend: p.backend, revoker: p.cfg.Revoker}
 }
 
 // State returns the task's state now (PENDING when nothing is stored).
@@ -337,6 +355,20 @@ func (r *AsyncResult) Get(ctx context.Context) (any, error) {
 		return nil, &TaskError{Exception: results.ExceptionFrom(err), TaskID: r.ID, State: m.Status, Traceback: m.Traceback}
 	}
 	return m.Result, nil
+}
+
+// Revoke revokes the task (and a group's members) on every worker:
+// a queued one is discarded, and with terminate a running one has its
+// context cancelled (Go) or its process signalled (Python).
+func (r *AsyncResult) Revoke(ctx context.Context, terminate bool) error {
+	if r.revoker == nil {
+		return ErrNoRevoker
+	}
+	ids := []string{r.ID}
+	for _, c := range r.Children {
+		ids = append(ids, c.ID)
+	}
+	return r.revoker.Revoke(ctx, ids, terminate)
 }
 
 // Forget deletes the stored result.
