@@ -216,8 +216,10 @@ func (s *Scheduler) lead(lease *Lease) error {
 		return fmt.Errorf("beat: subscribe: %w", err)
 	}
 	changes := sub.Channel()
-	if err := claimScript.Load(ctx, s.rdb).Err(); err != nil {
-		return err
+	for _, sc := range []*redis.Script{claimScript, markSentScript} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("beat: load scripts: %w", err)
+		}
 	}
 	ld := &leader{Scheduler: s, lease: lease, byKey: map[string]*item{}}
 	if s.cfg.Results != nil {
@@ -488,52 +490,107 @@ func (ld *leader) fire(ctx context.Context, due []*item, now time.Time) error {
 			ld.refresh(ctx, p.it.e.Name)
 		}
 	}
-	sem := make(chan struct{}, ld.cfg.Concurrency)
-	var wg sync.WaitGroup
-	for _, p := range sends {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			ld.send(ctx, p.it.e, p.claim, p.due, false)
-		})
+	runs := make([]sendRun, len(sends))
+	for i, p := range sends {
+		runs[i] = sendRun{e: p.it.e, c: p.claim, due: p.due}
 	}
-	wg.Wait()
+	ld.sendAll(ctx, runs, false)
 	return nil
 }
 
-// send publishes one claimed run while the lease is valid and marks it
-// sent. A run not sent stays claimed: the next leader re-sends it.
+// sendRun is one claimed run to publish.
+type sendRun struct {
+	e    *Entry
+	c    claim
+	due  time.Time
+	sent time.Time
+	ok   bool
+}
+
+// send publishes one claimed run (see sendAll).
 func (ld *leader) send(ctx context.Context, e *Entry, c claim, due time.Time, resend bool) {
-	if !ld.lease.Valid() {
-		ld.log.Warn("beat: lease ended before the send; left to the next leader", "entry", e.Name, "task_id", c.TaskID)
-		return
+	ld.sendAll(ctx, []sendRun{{e: e, c: c, due: due}}, resend)
+}
+
+// sendAll publishes claimed runs, Concurrency at a time, while the lease
+// is valid, then marks the published ones sent in one pipeline. A run
+// whose publish failed is retried (see retryFailed); one not published
+// because the lease ended stays claimed, for the next leader.
+func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
+	sem := make(chan struct{}, ld.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for i := range runs {
+		r := &runs[i]
+		if !ld.lease.Valid() {
+			ld.log.Warn("beat: lease ended before the send; left to the next leader", "entry", r.e.Name, "task_id", r.c.TaskID)
+			continue
+		}
+		publish := func() {
+			sctx, cancel := context.WithDeadline(ctx, ld.lease.Until())
+			defer cancel()
+			_, err := ld.sender.SendTask(sctx, r.e.Task, r.e.Args, r.e.Kwargs, sendOptions(r.e, r.c.TaskID, ld.cfg.Now())...)
+			r.sent, r.ok = ld.cfg.Now(), err == nil
+			if err != nil {
+				ld.log.Error("beat: send failed, retrying", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID, "err", err)
+				ld.mu.Lock()
+				ld.failed = append(ld.failed, failedSend{e: r.e, c: r.c, due: r.due, retry: time.Now().Add(sendRetry)})
+				ld.mu.Unlock()
+			}
+		}
+		if len(runs) == 1 {
+			publish() // the common tick: no goroutine
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			publish()
+		})
 	}
-	sctx, cancel := context.WithDeadline(ctx, ld.lease.Until())
+	wg.Wait()
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := ld.sender.SendTask(sctx, e.Task, e.Args, e.Kwargs, sendOptions(e, c.TaskID, ld.cfg.Now())...)
-	sent := ld.cfg.Now()
+	_, err := ld.rdb.Pipelined(mctx, func(p redis.Pipeliner) error {
+		for _, r := range runs {
+			if !r.ok {
+				continue
+			}
+			c := r.c
+			c.State = "sent"
+			cj, _ := json.Marshal(c)
+			oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, SentAt: r.sent, Status: "SENT"})
+			markSentScript.Run(mctx, p, []string{ld.store.Key(r.e.Name)}, c.TaskID, cj, oj)
+		}
+		return nil
+	})
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Script.Run in a pipeline cannot fall back to EVAL: load and redo.
+		_ = markSentScript.Load(mctx, ld.rdb).Err()
+		for _, r := range runs {
+			if r.ok {
+				c := r.c
+				c.State = "sent"
+				cj, _ := json.Marshal(c)
+				oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, SentAt: r.sent, Status: "SENT"})
+				err = markSentScript.Run(mctx, ld.rdb, []string{ld.store.Key(r.e.Name)}, c.TaskID, cj, oj).Err()
+			}
+		}
+	}
 	if err != nil {
-		ld.log.Error("beat: send failed, retrying", "entry", e.Name, "task", e.Task, "task_id", c.TaskID, "err", err)
-		ld.mu.Lock()
-		ld.failed = append(ld.failed, failedSend{e: e, c: c, due: due, retry: time.Now().Add(sendRetry)})
-		ld.mu.Unlock()
-		return
+		ld.log.Warn("beat: marking runs sent failed", "err", err)
 	}
-	c.State = "sent"
-	cj, _ := json.Marshal(c)
-	oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: due, SentAt: sent, Status: "SENT"})
-	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	if err := markSentScript.Run(mctx, ld.rdb, []string{ld.store.Key(e.Name)}, c.TaskID, cj, oj).Err(); err != nil {
-		ld.log.Warn("beat: mark sent failed", "entry", e.Name, "task_id", c.TaskID, "err", err)
-	}
-	mcancel()
-	ld.log.Info("beat: task sent", "entry", e.Name, "task", e.Task, "task_id", c.TaskID,
-		"due_ms", c.DueMS, "delay_ms", sent.Sub(due).Milliseconds(), "fence", ld.lease.Fence, "resend", resend)
-	if ld.rec != nil {
-		ld.rec.track(e.Name, c.TaskID, due, sent)
-	}
-	if ld.cfg.OnSend != nil {
-		ld.cfg.OnSend(SendEvent{Entry: e.Name, TaskID: c.TaskID, Due: due, Sent: sent, Fence: ld.lease.Fence, Resend: resend})
+	for _, r := range runs {
+		if !r.ok {
+			continue
+		}
+		ld.log.Info("beat: task sent", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID,
+			"due_ms", r.c.DueMS, "delay_ms", r.sent.Sub(r.due).Milliseconds(), "fence", ld.lease.Fence, "resend", resend)
+		if ld.rec != nil {
+			ld.rec.track(r.e.Name, r.c.TaskID, r.due, r.sent)
+		}
+		if ld.cfg.OnSend != nil {
+			ld.cfg.OnSend(SendEvent{Entry: r.e.Name, TaskID: r.c.TaskID, Due: r.due, Sent: r.sent, Fence: ld.lease.Fence, Resend: resend})
+		}
 	}
 }
 
