@@ -52,7 +52,9 @@ type Queue struct {
 	Transient  bool
 	AutoDelete bool
 	// Exclusive declares a queue only this connection may use, deleted
-	// when it closes (AMQP); pidbox and event queues are exclusive.
+	// when it closes (AMQP; the transport declares it again after a
+	// reconnect); pidbox and event queues are exclusive. Redis ignores
+	// it, as kombu does.
 	Exclusive bool
 	// MaxPriority sets x-max-priority (RabbitMQ priorities, 0 = none).
 	MaxPriority int
