@@ -3,6 +3,7 @@ package beat
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"syscall"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	redisbroker "github.com/gocelery/gocelery/broker/redis"
+	"github.com/gocelery/gocelery/producer"
 )
 
 // BenchmarkLeader10k runs a leader over 10,000 entries in real Redis: each
@@ -19,16 +23,23 @@ import (
 // CPU per tick with runs due and per second, and the sends. The run is
 // the same whatever -benchtime says.
 func BenchmarkLeader10k(b *testing.B) {
-	benchLeader(b, 10*time.Second, 12*time.Second)
+	benchLeader(b, 10*time.Second, 12*time.Second, false)
 }
 
 // BenchmarkLeader10kBurst is the worst case: the 10,000 entries (hourly)
 // all due at the same instant, in one tick.
 func BenchmarkLeader10kBurst(b *testing.B) {
-	benchLeader(b, time.Hour, 3*time.Second)
+	benchLeader(b, time.Hour, 3*time.Second, false)
 }
 
-func benchLeader(b *testing.B, every, run time.Duration) {
+// BenchmarkLeader10kRedisBroker is BenchmarkLeader10k publishing for real:
+// a producer on the Redis broker (kombu's layout, keys under the test's
+// prefix in DB 5), so the delay includes the publish.
+func BenchmarkLeader10kRedisBroker(b *testing.B) {
+	benchLeader(b, 10*time.Second, 12*time.Second, true)
+}
+
+func benchLeader(b *testing.B, every, run time.Duration, publish bool) {
 	const n = 10000
 	spread := every
 	if every >= time.Hour {
@@ -61,7 +72,13 @@ func benchLeader(b *testing.B, every, run time.Duration) {
 	}
 	var mu sync.Mutex
 	var delays []time.Duration
-	s := New(rdb, &recordingSender{}, Config{KeyPrefix: prefix, OnSend: func(ev SendEvent) {
+	var sender Sender = &recordingSender{}
+	if publish {
+		br := redisbroker.New(rdb, 5, redisbroker.Options{KeyPrefix: prefix, Logger: slog.New(slog.DiscardHandler)})
+		defer br.Close()
+		sender = producer.New(br, nil, producer.Config{DefaultQueue: "bench"})
+	}
+	s := New(rdb, sender, Config{KeyPrefix: prefix, OnSend: func(ev SendEvent) {
 		mu.Lock()
 		delays = append(delays, ev.Sent.Sub(ev.Due))
 		mu.Unlock()
