@@ -115,6 +115,7 @@ func (l *Lock) Acquire(ctx context.Context) (*Lease, error) {
 // Lease is one holding of the lock. Its context ends when the lock is lost
 // or released; Valid says whether it is still certainly held.
 type Lease struct {
+	// Token is the lock's value while this lease holds it.
 	Token string
 	// Fence is the fencing token: larger for every later acquisition.
 	Fence int64
