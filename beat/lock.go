@@ -147,6 +147,15 @@ func (ls *Lease) Valid() bool {
 	return ls.ctx.Err() == nil && time.Now().Before(ls.until)
 }
 
+// held reports whether the lock is still ours even though the lease's
+// context may be done because its parent was (a shutdown): not lost, and
+// within the last renewal's TTL. Runs already claimed are sent then.
+func (ls *Lease) held() bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return !errors.Is(context.Cause(ls.ctx), ErrLockLost) && time.Now().Before(ls.until)
+}
+
 // Until is when the lease ends unless renewed.
 func (ls *Lease) Until() time.Time {
 	ls.mu.Lock()

@@ -521,13 +521,21 @@ func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
 	var wg sync.WaitGroup
 	for i := range runs {
 		r := &runs[i]
-		if !ld.lease.Valid() {
+		if !ld.lease.held() {
 			ld.log.Warn("beat: lease ended before the send; left to the next leader", "entry", r.e.Name, "task_id", r.c.TaskID)
 			continue
 		}
 		publish := func() {
-			sctx, cancel := context.WithDeadline(ctx, ld.lease.Until())
+			// A shutdown does not cancel the publish of a claimed run; losing
+			// the lock or reaching the lease's end does.
+			sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), ld.lease.Until())
 			defer cancel()
+			stop := context.AfterFunc(ld.lease.ctx, func() {
+				if errors.Is(context.Cause(ld.lease.ctx), ErrLockLost) {
+					cancel()
+				}
+			})
+			defer stop()
 			_, err := ld.sender.SendTask(sctx, r.e.Task, r.e.Args, r.e.Kwargs, sendOptions(r.e, r.c.TaskID, ld.cfg.Now())...)
 			r.sent, r.ok = ld.cfg.Now(), err == nil
 			if err != nil {
