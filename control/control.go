@@ -155,6 +155,7 @@ func nodeQueue(hostname, exchange string) broker.Queue {
 		ExchangeType: "fanout",
 		Transient:    true,
 		AutoDelete:   true,
+		Exclusive:    true, // control_queue_exclusive defaults to True in Celery 5.7
 		Arguments:    map[string]any{"x-message-ttl": int32(queueTTL), "x-expires": int32(queueExpires)},
 	}
 }
@@ -167,6 +168,7 @@ func replyQueue(oid, replyExchange string) broker.Queue {
 		RoutingKey: oid,
 		Transient:  true,
 		AutoDelete: true,
+		Exclusive:  true,
 		Arguments:  map[string]any{"x-message-ttl": int32(queueTTL), "x-expires": int32(queueExpires)},
 	}
 }

@@ -7,12 +7,15 @@
 //	gocelery decode [flags] [file|-]   print a captured task message as Celery sees it
 //	gocelery beat [flags]              the periodic task scheduler (run any number of replicas)
 //	gocelery beat list|add|enable|disable|remove|run-now   manage the periodic tasks in Redis
+//	gocelery inspect COMMAND [-d node,...]  celery inspect: ping, stats, active, registered, ...
+//	gocelery control COMMAND [args]         celery control: revoke, terminate, rate_limit, shutdown, ...
 //
 // Run "gocelery help" for the list of commands.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +36,8 @@ func commands() []command {
 		{"worker", "run a worker with the built-in interop.* tasks (your own tasks: build a binary with worker.Main)", runWorker},
 		{"decode", "print a captured task message (Redis envelope, AMQP body, fixture) as Celery sees it", runDecode},
 		{"beat", "run the periodic task scheduler (replicas safe), or list|add|enable|disable|remove|run-now its entries", runBeat},
+		{"inspect", "ask workers (Go or Python) what they are doing: ping, stats, active, registered, ... (celery inspect)", runInspect},
+		{"control", "tell workers (Go or Python) to revoke, rate_limit, add_consumer, shutdown, ... (celery control)", runControl},
 	}
 }
 
@@ -55,6 +60,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		if c.name == args[0] {
 			if err := c.run(ctx, args[1:], stdin, stdout, stderr); err != nil {
 				fmt.Fprintf(stderr, "gocelery %s: %v\n", c.name, err)
+				var ee *exitError
+				if errors.As(err, &ee) {
+					return ee.code
+				}
 				return 1
 			}
 			return 0

@@ -331,3 +331,46 @@ def test_control_shutdown(goworker_bin, tmp_path, request, amqp_queues):
     # that no node replied; what matters is that the worker stops warmly.
     cli("control", "shutdown", "-d", w.hostname, "-t", "1")
     assert w.proc.wait(timeout=TIMEOUT) == 0
+
+
+# --- gocelery inspect / control (the Go command line) -------------------------
+
+@pytest.fixture(scope="module")
+def gocelery_cli(repo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gocli") / "gocelery"
+    proc = subprocess.run(["go", "build", "-o", str(out), "./cmd/gocelery"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def run(*args):
+        p = subprocess.run([str(out), *args, "--broker", BROKER_URL], capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+    return run
+
+
+def test_gocelery_inspect_go_and_python_workers(env, py_worker, gocelery_cli):
+    py = py_worker()
+    code, out, err = gocelery_cli("inspect", "ping", "-d", f"{env.host},{py.hostname}", "-t", "5")
+    assert code == 0, err
+    assert f"->  {env.host}: OK\n        pong" in out and f"->  {py.hostname}: OK\n        pong" in out
+    assert out.rstrip().endswith("2 nodes online.")
+    code, out, err = gocelery_cli("inspect", "registered", "-d", py.hostname, "-t", "5", "--json")
+    assert code == 0, err
+    assert "pyinterop.add" in json.loads(out)[py.hostname]
+    code, out, err = gocelery_cli("control", "rate_limit", "pyinterop.echo", "10/s", "-d", py.hostname, "-t", "5")
+    assert code == 0, err
+    assert "new rate limit set successfully" in out
+    code, out, err = gocelery_cli("inspect", "ping", "-d", "nobody@nowhere", "-t", "0.5")
+    assert code == 69 and "No nodes replied" in err
+
+
+def test_gocelery_control_revoke(env, gocelery_cli, rdb):
+    key = f"ctl:gorevoke:{new_uid()}"
+    r = flaskapp.counter.apply_async((key,), countdown=2)
+    code, out, err = gocelery_cli("control", "revoke", r.id, "-d", env.host, "-t", "5")
+    assert code == 0, err
+    assert f"tasks {{'{r.id}'}} flagged as revoked" in out
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=TIMEOUT)
+    time.sleep(2.5)
+    assert rdb.get(key) is None
