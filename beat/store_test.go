@@ -3,6 +3,7 @@ package beat
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,56 @@ func TestStoreReadsRedbeatValues(t *testing.T) {
 	}
 	if c, ok := o.Schedule.(*Clocked); !ok || c.At.Unix() != 1795746599 || o.Enabled {
 		t.Errorf("one-off read as %#v enabled=%v", o.Schedule, o.Enabled)
+	}
+}
+
+// TestClaimScript checks each guard of the claim: the caller must own the
+// lock, the entry must be unchanged since it was read, still exist, and
+// the due time must not be claimed yet.
+func TestClaimScript(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	st := NewStore(rdb, prefix)
+	if err := st.Put(ctx, &Entry{Name: "e", Task: "t", Schedule: &Interval{Every: time.Second}, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := st.Get(ctx, "e")
+	rdb.Set(ctx, st.LockKey(), "me", time.Minute)
+	due := e.NextRun(e.LastRunAt)
+	claimJSON := `{"due_ms":` + strconv.FormatInt(due.UnixMilli(), 10) + `,"task_id":"x","fence":1,"state":"claimed"}`
+	run := func(token, oldMeta, newMeta string, dueMS int64) int64 {
+		t.Helper()
+		n, err := claimScript.Run(ctx, rdb, []string{st.LockKey(), st.Key("e"), st.ScheduleKey()},
+			token, oldMeta, newMeta, claimJSON, "1", st.Key("e"), dueMS, "").Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	newMeta := encodeMeta(time.Now(), 1)
+	tests := []struct {
+		name           string
+		token, old     string
+		due            int64
+		want           int64
+		metaAfterwards string
+	}{
+		{"not the lock owner", "someone-else", e.meta, due.UnixMilli(), claimNotOwner, e.meta},
+		{"entry changed since read", "me", encodeMeta(time.Unix(0, 0), 7), due.UnixMilli(), claimStale, e.meta},
+		{"claimed", "me", e.meta, due.UnixMilli(), claimOK, newMeta},
+		{"same due again (a second leader with the new meta)", "me", newMeta, due.UnixMilli(), claimDup, newMeta},
+		{"same due again with the old meta", "me", e.meta, due.UnixMilli(), claimStale, newMeta},
+	}
+	for _, tt := range tests {
+		if got := run(tt.token, tt.old, newMeta, tt.due); got != tt.want {
+			t.Errorf("%s: claim = %d, want %d", tt.name, got, tt.want)
+		}
+		if m, _ := rdb.HGet(ctx, st.Key("e"), "meta").Result(); m != tt.metaAfterwards {
+			t.Errorf("%s: meta %s, want %s", tt.name, m, tt.metaAfterwards)
+		}
+	}
+	rdb.Del(ctx, st.Key("e"))
+	if got := run("me", "", newMeta, due.UnixMilli()+1000); got != claimGone {
+		t.Errorf("removed entry: claim = %d, want %d", got, claimGone)
 	}
 }
