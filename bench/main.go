@@ -113,6 +113,18 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 		}
 		r.name, r.results = "gocelery worker", withResults
 		all = append(all, r)
+		if !withResults {
+			// The same with task events on (-E), as Flower needs them.
+			if err := fill(); err != nil {
+				return err
+			}
+			r, err := drainWith(conn, q, n, goworker, append(args, "-E"), nil)
+			if err != nil {
+				return fmt.Errorf("go worker -E: %w", err)
+			}
+			r.name, r.results = "gocelery worker -E", false
+			all = append(all, r)
+		}
 
 		if !skipPython {
 			if err := fill(); err != nil {
@@ -511,6 +523,9 @@ func report(all []result, n, cores, conc, prefetch int) {
 		}
 	}
 	ratio("Go worker / Python prefork (no results)", "gocelery worker/none", "Python Celery prefork/none")
+	if a, b := rate["gocelery worker -E/none"], rate["gocelery worker/none"]; a > 0 && b > 0 {
+		fmt.Printf("%-44s %6.0f%%\n", "Go worker with task events (-E) / without", 100*a/b)
+	}
 	ratio("Go worker / Python prefork (Redis results)", "gocelery worker/redis", "Python Celery prefork/redis")
 	if r := rate["raw amqp091 consumer/none"]; r > 0 {
 		fmt.Printf("%-44s %6.0f%%\n", "Go worker / raw consumer (no results)", 100*rate["gocelery worker/none"]/r)

@@ -374,3 +374,52 @@ def test_gocelery_control_revoke(env, gocelery_cli, rdb):
         r.get(timeout=TIMEOUT)
     time.sleep(2.5)
     assert rdb.get(key) is None
+
+
+# --- statedb and metrics ------------------------------------------------------
+
+def test_statedb_keeps_revokes_across_restart(goworker_bin, tmp_path, request, amqp_queues, rdb):
+    state = tmp_path / "worker.state"
+    q = f"ctlstate_{new_uid()}"
+    host = f"gostate-{new_uid()}@interop"
+    w = _start_go(goworker_bin, tmp_path, request.node, queues=[q], name=host, flags=["--statedb", str(state)])
+    amqp_queues.track_worker_queues(q)
+    app = flaskapp.create_app(BROKER_URL, BACKEND_URL, q)
+    celery = app.extensions["celery"]
+    try:
+        tid = new_uid()
+        reply = celery.control.revoke(tid, destination=[host], reply=True)
+        assert reply == [{host: {"ok": f"tasks {{'{tid}'}} flagged as revoked"}}]
+        w.stop()
+        w = _start_go(goworker_bin, tmp_path, request.node, queues=[q], name=host, flags=["--statedb", str(state)])
+        key = f"ctl:state:{new_uid()}"
+        r = celery.send_task("interop.counter", (key,), task_id=tid)
+        wait_until(lambda: "Discarding revoked task" in w.log() and tid in w.log(), TIMEOUT,
+                   message="restarted worker discards the revoked task")
+        assert rdb.get(key) is None
+        assert r.state == "REVOKED"
+    finally:
+        w.stop()
+        close_celery(celery)
+
+
+def test_metrics_and_healthz(goworker_bin, tmp_path, request, amqp_queues):
+    port = free_port()
+    w = _start_go(goworker_bin, tmp_path, request.node, prefix="ctlmetrics",
+                  flags=["--metrics-addr", f"127.0.0.1:{port}"])
+    amqp_queues.track_worker_queues(w.queue)
+    app = flaskapp.create_app(BROKER_URL, BACKEND_URL, w.queue)
+    celery = app.extensions["celery"]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(base + "/healthz", timeout=5).read().strip() == b"ok"
+        celery.send_task("interop.add", (1, 2)).get(timeout=TIMEOUT)
+        celery.send_task("interop.fail", ("m",)).get(timeout=TIMEOUT, propagate=False)
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'gocelery_tasks_succeeded_total{task="interop.add"} 1' in text
+        assert 'gocelery_tasks_failed_total{task="interop.fail"} 1' in text
+        assert 'gocelery_task_runtime_seconds_count{task="interop.add"} 1' in text
+        assert "gocelery_broker_connected 1" in text and "gocelery_worker_consuming 1" in text
+    finally:
+        w.stop()
+        close_celery(celery)
