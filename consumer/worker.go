@@ -315,8 +315,11 @@ func (w *Worker) Kill() { w.killOnce.Do(func() { close(w.kill) }) }
 // Stats are counters for inspect and metrics.
 type Stats struct {
 	Active, Processed, Abandoned int64
-	HeldETA                      int
-	Prefetch                     int
+	// Reserved counts tasks received and waiting for a free slot (ETA
+	// tasks not included: see HeldETA).
+	Reserved int
+	HeldETA  int
+	Prefetch int
 }
 
 // Stats returns the worker's counters.
@@ -325,9 +328,17 @@ func (w *Worker) Stats() Stats {
 	held, raised := len(w.eta.h), w.eta.raised
 	w.eta.mu.Unlock()
 	// The prefetch in force: the raise for held ETA tasks stops at ETATaskLimit.
+	reserved := 0
+	w.track.mu.Lock()
+	for _, t := range w.track.reqs {
+		if t.state == StateReserved {
+			reserved++
+		}
+	}
+	w.track.mu.Unlock()
 	return Stats{
 		Active: w.active.Load(), Processed: w.processed.Load(), Abandoned: w.abandoned.Load(),
-		HeldETA: held, Prefetch: w.prefetch + raised,
+		Reserved: reserved, HeldETA: held, Prefetch: w.prefetch + raised,
 	}
 }
 

@@ -17,6 +17,7 @@
 //	gocelery_task_queue_wait_seconds{task}    histogram time in the worker before the handler started
 //	gocelery_worker_consuming                 gauge    1 while the worker takes messages
 //	gocelery_worker_active_tasks              gauge    handlers running now
+//	gocelery_worker_reserved_tasks            gauge    tasks received (prefetched), waiting for a free slot
 //	gocelery_worker_eta_held_tasks            gauge    ETA/countdown tasks held unacked in memory
 //	gocelery_worker_prefetch_limit            gauge    prefetch in force (raised by one per held ETA task)
 //	gocelery_worker_concurrency               gauge    pool size
@@ -285,6 +286,7 @@ type scrapeCollector Collector
 var (
 	descConsuming   = prometheus.NewDesc("gocelery_worker_consuming", "1 while the worker is taking messages (started consuming, not shutting down).", nil, nil)
 	descActive      = prometheus.NewDesc("gocelery_worker_active_tasks", "Task handlers running now.", nil, nil)
+	descReserved    = prometheus.NewDesc("gocelery_worker_reserved_tasks", "Tasks received (prefetched) and waiting for a free slot; ETA tasks are counted apart.", nil, nil)
 	descHeldETA     = prometheus.NewDesc("gocelery_worker_eta_held_tasks", "ETA and countdown tasks held unacknowledged in memory until due.", nil, nil)
 	descPrefetch    = prometheus.NewDesc("gocelery_worker_prefetch_limit", "Prefetch limit in force: concurrency x multiplier, raised by one per held ETA task up to the ETA task limit.", nil, nil)
 	descConcurrency = prometheus.NewDesc("gocelery_worker_concurrency", "Tasks the worker runs at once.", nil, nil)
@@ -296,7 +298,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (s *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConsuming, descActive, descHeldETA, descPrefetch,
+	for _, d := range []*prometheus.Desc{descConsuming, descActive, descReserved, descHeldETA, descPrefetch,
 		descConcurrency, descProcessed, descAbandoned, descConnected, descReconnects} {
 		ch <- d
 	}
@@ -312,6 +314,7 @@ func (s *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		st := w.worker.Stats()
 		ch <- prometheus.MustNewConstMetric(descConsuming, prometheus.GaugeValue, boolValue(w.worker.Consuming()))
 		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(st.Active))
+		ch <- prometheus.MustNewConstMetric(descReserved, prometheus.GaugeValue, float64(st.Reserved))
 		ch <- prometheus.MustNewConstMetric(descHeldETA, prometheus.GaugeValue, float64(st.HeldETA))
 		ch <- prometheus.MustNewConstMetric(descPrefetch, prometheus.GaugeValue, float64(st.Prefetch))
 		ch <- prometheus.MustNewConstMetric(descProcessed, prometheus.CounterValue, float64(st.Processed))

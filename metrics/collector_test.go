@@ -289,11 +289,11 @@ func (f *fakeBroker) set(connected bool) { f.mu.Lock(); f.connected = connected;
 
 func TestScrapeTimeGauges(t *testing.T) {
 	scraped := []string{
-		"gocelery_worker_consuming", "gocelery_worker_active_tasks", "gocelery_worker_eta_held_tasks",
+		"gocelery_worker_consuming", "gocelery_worker_active_tasks", "gocelery_worker_eta_held_tasks", "gocelery_worker_reserved_tasks",
 		"gocelery_worker_prefetch_limit", "gocelery_worker_concurrency", "gocelery_worker_processed_tasks_total",
 		"gocelery_worker_abandoned_tasks_total", "gocelery_broker_connected", "gocelery_broker_reconnects_total",
 	}
-	w := &fakeWorker{consuming: true, stats: consumer.Stats{Active: 3, Processed: 1234, Abandoned: 1, HeldETA: 7, Prefetch: 39}}
+	w := &fakeWorker{consuming: true, stats: consumer.Stats{Active: 3, Processed: 1234, Abandoned: 1, Reserved: 5, HeldETA: 7, Prefetch: 39}}
 	tests := []struct {
 		name   string
 		worker WorkerStats
@@ -332,6 +332,9 @@ gocelery_worker_prefetch_limit 39
 # HELP gocelery_worker_processed_tasks_total Tasks the worker's pool finished, whatever the outcome.
 # TYPE gocelery_worker_processed_tasks_total counter
 gocelery_worker_processed_tasks_total 1234
+# HELP gocelery_worker_reserved_tasks Tasks received (prefetched) and waiting for a free slot; ETA tasks are counted apart.
+# TYPE gocelery_worker_reserved_tasks gauge
+gocelery_worker_reserved_tasks 5
 `,
 		},
 		{
@@ -362,6 +365,9 @@ gocelery_worker_prefetch_limit 0
 # HELP gocelery_worker_processed_tasks_total Tasks the worker's pool finished, whatever the outcome.
 # TYPE gocelery_worker_processed_tasks_total counter
 gocelery_worker_processed_tasks_total 0
+# HELP gocelery_worker_reserved_tasks Tasks received (prefetched) and waiting for a free slot; ETA tasks are counted apart.
+# TYPE gocelery_worker_reserved_tasks gauge
+gocelery_worker_reserved_tasks 0
 `,
 		},
 	}
