@@ -127,6 +127,10 @@ func TestParseFieldExpansions(t *testing.T) {
 		{"Monday", 7, 0, []int{1}},
 		{"jan,jul", 12, 1, []int{1, 7}},
 		{"sun", 7, 0, []int{0}},
+		// Celery reads names in every field, month names first.
+		{"mar", 7, 0, []int{3}},
+		{"mon", 60, 0, []int{1}},
+		{"sun-sat", 7, 0, []int{0, 1, 2, 3, 4, 5, 6}},
 	}
 	for _, tt := range tests {
 		got, err := parseField(tt.spec, tt.max, tt.min)
