@@ -3,6 +3,7 @@ package interop
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -116,6 +117,43 @@ func TestProducerWithPythonWorker(t *testing.T) {
 			}
 			if v, err := producer.NewAsyncResult(cbID, backend).Get(ctx); err != nil || v != int64(15) {
 				t.Errorf("link callback = %v, %v", v, err)
+			}
+
+			// The rest of the option set, as the Python task's request sees
+			// it, through a msgpack + gzip producer.
+			mp := producer.New(b, backend, producer.Config{DefaultQueue: queue, Serializer: "msgpack", Compression: "gzip"})
+			eta := time.Now().Add(500 * time.Millisecond).UTC()
+			r, err = mp.SendTask(ctx, "pyinterop.request", nil, nil,
+				producer.ETA(eta), producer.ExpiresIn(time.Hour), producer.Retries(2),
+				producer.TimeLimit(30*time.Second, 20*time.Second), producer.Priority(3), producer.InGroup("grp-1", 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err = r.Get(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req = v.(map[string]any)
+			tl, _ := req["timelimit"].([]any)
+			if req["retries"] != int64(2) || req["group"] != "grp-1" || req["eta"] == nil || req["expires"] == nil ||
+				fmt.Sprint(tl) != "[30 20]" {
+				t.Errorf("request seen by Python: %v", req)
+			}
+			r, err = mp.SendTask(ctx, "pyinterop.echo", []any{"a", int64(1) << 40}, map[string]any{"k": []any{1.5, nil}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, err = r.Get(ctx); err != nil {
+				t.Fatal(err)
+			}
+			echo := v.(map[string]any)
+			if args := echo["args"].([]any); len(args) != 2 || args[1] != int64(1)<<40 {
+				t.Errorf("args through msgpack: %v", echo)
+			}
+			if tc.name == "amqp" {
+				if di := req["delivery_info"].(map[string]any); di["priority"] != int64(3) {
+					t.Errorf("priority: %v", di)
+				}
 			}
 		})
 	}

@@ -112,6 +112,7 @@ def request(self):
         "id": r.id,
         "task": r.task,
         "retries": r.retries,
+        "timelimit": list(r.timelimit or (None, None)),
         "root_id": r.root_id,
         "parent_id": r.parent_id,
         "group": r.group,

@@ -135,8 +135,15 @@ func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
 		for k, v := range r.Headers {
 			headers[k] = v
 		}
+		secs := func(d time.Duration) any {
+			if d == 0 {
+				return nil
+			}
+			return d.Seconds()
+		}
 		return map[string]any{
 			"id": r.ID, "task": r.Task, "retries": r.Retries,
+			"timelimit": []any{secs(r.TimeLimit.Hard), secs(r.TimeLimit.Soft)},
 			"root_id": str(r.RootID), "parent_id": str(r.ParentID), "group": str(r.Group),
 			"eta": opt(r.ETA), "expires": opt(r.Expires),
 			"delivery_info": r.DeliveryInfo(), "headers": headers,
