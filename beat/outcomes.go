@@ -24,7 +24,13 @@ type recorder struct {
 type pendingRun struct {
 	taskID    string
 	due, sent time.Time
+	next      time.Time     // when to read its state again
+	wait      time.Duration // doubles while the task is not done, up to maxWait
 }
+
+// maxWait caps the pause between two reads of a run's state, so slow or
+// stuck tasks of many entries do not keep the backend busy.
+const maxWait = time.Minute
 
 func newRecorder(st *Store, r ResultReader, every time.Duration, log *slog.Logger) *recorder {
 	return &recorder{store: st, results: r, every: every, log: log, maxAge: 24 * time.Hour,
@@ -34,7 +40,7 @@ func newRecorder(st *Store, r ResultReader, every time.Duration, log *slog.Logge
 // track follows run taskID of entry name (replacing an older run).
 func (r *recorder) track(name, taskID string, due, sent time.Time) {
 	r.mu.Lock()
-	r.pending[name] = pendingRun{taskID: taskID, due: due, sent: sent}
+	r.pending[name] = pendingRun{taskID: taskID, due: due, sent: sent, next: time.Now().Add(r.every), wait: r.every}
 	r.mu.Unlock()
 }
 
@@ -54,9 +60,12 @@ func (r *recorder) run(ctx context.Context) {
 
 func (r *recorder) poll(ctx context.Context) {
 	r.mu.Lock()
-	todo := make(map[string]pendingRun, len(r.pending))
+	now := time.Now()
+	todo := make(map[string]pendingRun)
 	for k, v := range r.pending {
-		todo[k] = v
+		if !now.Before(v.next) {
+			todo[k] = v
+		}
 	}
 	r.mu.Unlock()
 	for name, p := range todo {
@@ -71,6 +80,8 @@ func (r *recorder) poll(ctx context.Context) {
 		if !m.Ready() {
 			if time.Since(p.sent) > r.maxAge {
 				r.forget(name, p.taskID)
+			} else {
+				r.later(name, p.taskID)
 			}
 			continue
 		}
@@ -87,6 +98,17 @@ func (r *recorder) poll(ctx context.Context) {
 		r.log.Info("beat: run finished", "entry", name, "task_id", p.taskID, "status", m.Status)
 		r.forget(name, p.taskID)
 	}
+}
+
+// later doubles the pause before run taskID of name is read again.
+func (r *recorder) later(name, taskID string) {
+	r.mu.Lock()
+	if p, ok := r.pending[name]; ok && p.taskID == taskID {
+		p.wait = min(2*p.wait, maxWait)
+		p.next = time.Now().Add(p.wait)
+		r.pending[name] = p
+	}
+	r.mu.Unlock()
 }
 
 func (r *recorder) forget(name, taskID string) {

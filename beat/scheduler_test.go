@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -392,5 +393,59 @@ func TestFailedSendRetried(t *testing.T) {
 	time.Sleep(1200 * time.Millisecond)
 	if n := len(sender.all()); n != 1 {
 		t.Errorf("%d sends, want 1", n)
+	}
+}
+
+// countingResults counts Gets and answers PENDING until done is set.
+type countingResults struct {
+	mu   sync.Mutex
+	gets int
+	done bool
+}
+
+func (c *countingResults) Get(ctx context.Context, id string) (*results.Meta, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gets++
+	if c.done {
+		return &results.Meta{TaskID: id, Status: "FAILURE", Result: &results.Exception{Type: "ValueError", Message: []any{"bad"}, Module: "builtins"}}, nil
+	}
+	return &results.Meta{TaskID: id, Status: "PENDING"}, nil
+}
+
+// TestRecorderBacksOff: a run that stays PENDING is read less and less
+// often; once it fails, the error is recorded on the entry.
+func TestRecorderBacksOff(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	st := NewStore(rdb, prefix)
+	if err := st.Put(ctx, &Entry{Name: "e", Task: "t", Schedule: &Interval{Every: time.Hour}, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	res := &countingResults{}
+	rec := newRecorder(st, res, 20*time.Millisecond, slog.New(slog.DiscardHandler))
+	rec.track("e", "tid", time.Now(), time.Now())
+	_ = st.RecordOutcome(ctx, "e", Outcome{TaskID: "tid", Status: "SENT"})
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { rec.run(rctx) })
+	time.Sleep(700 * time.Millisecond)
+	res.mu.Lock()
+	gets := res.gets
+	res.done = true
+	res.mu.Unlock()
+	// Without backoff: 35 reads in 700 ms; with it (20, 40, 80, ... ms): 5.
+	if gets < 3 || gets > 8 {
+		t.Errorf("%d reads of a pending run in 700 ms, want 3 to 8 (backing off)", gets)
+	}
+	waitFor(t, 3*time.Second, "the failure recorded", func() bool {
+		e, _ := st.Get(ctx, "e")
+		return e.Last.Status == "FAILURE"
+	})
+	cancel()
+	wg.Wait()
+	e, _ := st.Get(ctx, "e")
+	if e.Last.Error != "ValueError: bad" {
+		t.Errorf("error %q", e.Last.Error)
 	}
 }
