@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +89,19 @@ func TestGoCanvas(t *testing.T) {
 					if v, err := c.Get(ctx); err != nil || v != int64(2*i) {
 						t.Errorf("member %d = %v, %v", i, v, err)
 					}
+				}
+				// GroupResult.save(): Python's GroupResult.restore reads it.
+				if err := g.Save(ctx); err != nil {
+					t.Fatal(err)
+				}
+				out, err := exec.Command("../.venv/bin/python", "-c", `
+import sys; sys.path.insert(0, "python")
+from celery import Celery
+from celery.result import GroupResult
+app = Celery(backend=sys.argv[1])
+print(GroupResult.restore(sys.argv[2], app=app).join(timeout=10))`, backendURL, g.ID).CombinedOutput()
+				if err != nil || strings.TrimSpace(string(out)) != "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]" {
+					t.Errorf("GroupResult.restore in Python: %s %v", out, err)
 				}
 			})
 			t.Run("chord", func(t *testing.T) {

@@ -371,6 +371,25 @@ func (r *AsyncResult) Revoke(ctx context.Context, terminate bool) error {
 	return r.revoker.Revoke(ctx, ids, terminate)
 }
 
+// groupSaver is the part of the backend GroupResult.save needs.
+type groupSaver interface {
+	SaveGroup(ctx context.Context, groupID string, childIDs []string) error
+}
+
+// Save stores a group's member ids under celery-taskset-meta-<id>, as
+// GroupResult.save() does, so GroupResult.restore(id) finds them in Python.
+func (r *AsyncResult) Save(ctx context.Context) error {
+	gs, ok := r.backend.(groupSaver)
+	if !ok {
+		return ErrNoBackend
+	}
+	ids := make([]string, len(r.Children))
+	for i, c := range r.Children {
+		ids[i] = c.ID
+	}
+	return gs.SaveGroup(ctx, r.ID, ids)
+}
+
 // Forget deletes the stored result.
 func (r *AsyncResult) Forget(ctx context.Context) error {
 	if r.backend == nil {
