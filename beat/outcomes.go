@@ -40,7 +40,8 @@ func newRecorder(st *Store, r ResultReader, every time.Duration, log *slog.Logge
 // track follows run taskID of entry name (replacing an older run).
 func (r *recorder) track(name, taskID string, due, sent time.Time) {
 	r.mu.Lock()
-	r.pending[name] = pendingRun{taskID: taskID, due: due, sent: sent, next: time.Now().Add(r.every), wait: r.every}
+	// Read at the next poll, then less and less often.
+	r.pending[name] = pendingRun{taskID: taskID, due: due, sent: sent, next: time.Now(), wait: r.every}
 	r.mu.Unlock()
 }
 
