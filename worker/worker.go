@@ -265,7 +265,15 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	if dispatcher != nil {
 		nodeCfg.Events = dispatcher
 	}
-	start("remote control", control.NewNode(b, w, nodeCfg).Run)
+	// Remote control gets a connection of its own: on AMQP the prefetch is
+	// one value for every consuming channel of a connection, and the
+	// pidbox consumer must not change the task consumer's.
+	cb, closeControl, err := openBroker(runCtx, o, log)
+	if err != nil {
+		return fmt.Errorf("remote control: %w", err)
+	}
+	defer closeControl()
+	start("remote control", control.NewNode(cb, w, nodeCfg).Run)
 	if collector != nil {
 		collector.Watch(w, b)
 		ln, err := net.Listen("tcp", o.MetricsAddr) // a bad address fails startup
