@@ -60,6 +60,8 @@ type Entry struct {
 type Outcome struct {
 	TaskID string    `json:"task_id,omitempty"`
 	Due    time.Time `json:"due,omitzero"`
+	// DueMS is Due in Unix milliseconds, for the store's scripts to compare.
+	DueMS  int64     `json:"due_ms,omitempty"`
 	SentAt time.Time `json:"sent_at,omitzero"`
 	// Status is SENT until the backend has a state, then Celery's state
 	// (SUCCESS, FAILURE, ...); SKIPPED for a missed run skipped by policy.

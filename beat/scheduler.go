@@ -566,7 +566,7 @@ func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
 			c := r.c
 			c.State = "sent"
 			cj, _ := json.Marshal(c)
-			oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, SentAt: r.sent, Status: "SENT"})
+			oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, DueMS: r.due.UnixMilli(), SentAt: r.sent, Status: "SENT"})
 			markSentScript.Run(mctx, p, []string{ld.store.Key(r.e.Name)}, c.TaskID, cj, oj)
 		}
 		return nil
@@ -579,7 +579,7 @@ func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
 				c := r.c
 				c.State = "sent"
 				cj, _ := json.Marshal(c)
-				oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, SentAt: r.sent, Status: "SENT"})
+				oj, _ := json.Marshal(Outcome{TaskID: c.TaskID, Due: r.due, DueMS: r.due.UnixMilli(), SentAt: r.sent, Status: "SENT"})
 				err = markSentScript.Run(mctx, ld.rdb, []string{ld.store.Key(r.e.Name)}, c.TaskID, cj, oj).Err()
 			}
 		}

@@ -449,3 +449,56 @@ func TestRecorderBacksOff(t *testing.T) {
 		t.Errorf("error %q", e.Last.Error)
 	}
 }
+
+// doneSet reports SUCCESS for the task ids in done, PENDING otherwise.
+type doneSet struct {
+	mu   sync.Mutex
+	done map[string]bool
+}
+
+func (d *doneSet) Get(ctx context.Context, id string) (*results.Meta, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done[id] {
+		return &results.Meta{TaskID: id, Status: "SUCCESS", Result: id}, nil
+	}
+	return &results.Meta{TaskID: id, Status: "PENDING"}, nil
+}
+
+func (d *doneSet) finish(id string) {
+	d.mu.Lock()
+	d.done[id] = true
+	d.mu.Unlock()
+}
+
+// TestRecorderFollowsOlderRuns: with a schedule faster than its task the
+// newest run is never done when read; the older runs' outcomes are still
+// recorded, and an older outcome never replaces a newer one.
+func TestRecorderFollowsOlderRuns(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	st := NewStore(rdb, prefix)
+	if err := st.Put(ctx, &Entry{Name: "e", Task: "t", Schedule: &Interval{Every: time.Second}, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	res := &doneSet{done: map[string]bool{}}
+	rec := newRecorder(st, res, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	t0 := time.Now()
+	for i, id := range []string{"r1", "r2", "r3"} {
+		rec.track("e", id, t0.Add(time.Duration(i)*time.Second), t0)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { rec.run(rctx) })
+	defer func() { cancel(); wg.Wait() }()
+	last := func() string { e, _ := st.Get(ctx, "e"); return e.Last.TaskID }
+	res.finish("r1")
+	waitFor(t, 3*time.Second, "r1 recorded while r2 and r3 are pending", func() bool { return last() == "r1" })
+	res.finish("r3")
+	waitFor(t, 3*time.Second, "r3 recorded", func() bool { return last() == "r3" })
+	res.finish("r2")
+	time.Sleep(100 * time.Millisecond)
+	if got := last(); got != "r3" {
+		t.Errorf("last run %s: the older r2 replaced the newer r3", got)
+	}
+}

@@ -298,28 +298,38 @@ redis.call('HSET', KEYS[1], 'claim', ARGV[2], 'outcome', ARGV[3])
 return 1
 `)
 
-// outcomeScript records a run's result unless the entry's last run is
-// another one by now. KEYS: entry. ARGV: task id, outcome JSON.
+// outcomeScript records a run's result unless a newer run's final state
+// is recorded already. A run that is only sent (or still running) gives
+// way: with a schedule faster than its task the newest run is never done,
+// and the entry would otherwise never show what a run did. KEYS: entry.
+// ARGV: task id, outcome JSON, the run's due time in Unix ms.
 var outcomeScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local c = redis.call('HGET', KEYS[1], 'outcome')
 if c then
   local ok, o = pcall(cjson.decode, c)
-  if ok and o.task_id ~= ARGV[1] then return 0 end
+  if ok and o.task_id ~= ARGV[1] then
+    local s = o.status
+    local unfinished = s == 'SENT' or s == 'PENDING' or s == 'RECEIVED' or s == 'STARTED' or s == 'RETRY'
+    if not unfinished and tonumber(o.due_ms or 0) >= tonumber(ARGV[3]) then return 0 end
+  end
 end
 redis.call('HSET', KEYS[1], 'outcome', ARGV[2])
 return 1
 `)
 
-// RecordOutcome stores what run taskID of entry name did, if it is still
-// the entry's last run.
+// RecordOutcome stores what run taskID of entry name did, unless the final
+// state of a run due later is recorded already.
 func (s *Store) RecordOutcome(ctx context.Context, name string, o Outcome) error {
+	if !o.Due.IsZero() {
+		o.DueMS = o.Due.UnixMilli()
+	}
 	b, err := json.Marshal(o)
 	if err != nil {
 		b, _ = json.Marshal(Outcome{TaskID: o.TaskID, Due: o.Due, SentAt: o.SentAt, Status: o.Status,
 			Error: o.Error, DateDone: o.DateDone, Result: fmt.Sprint(o.Result)})
 	}
-	if err := outcomeScript.Run(ctx, s.rdb, []string{s.Key(name)}, o.TaskID, b).Err(); err != nil {
+	if err := outcomeScript.Run(ctx, s.rdb, []string{s.Key(name)}, o.TaskID, b, o.DueMS).Err(); err != nil {
 		return fmt.Errorf("beat: record outcome of %q: %w", name, err)
 	}
 	return nil
