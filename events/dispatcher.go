@@ -295,14 +295,7 @@ func appendTaskEvent(b []byte, e *taskRecord, hostname string, pid int, clock in
 		b = append(b, "\": "...)
 		return strconv.AppendBool(b, v)
 	}
-	b = append(b, `{"hostname": `...)
-	b, _ = protocol.AppendJSON(b, hostname)
-	b = append(b, `, "utcoffset": `...)
-	b = strconv.AppendInt(b, int64(UTCOffset(e.Time)), 10)
-	b = append(b, `, "pid": `...)
-	b = strconv.AppendInt(b, int64(pid), 10)
-	b = append(b, `, "clock": `...)
-	b = strconv.AppendInt(b, clock, 10)
+	b = appendHead(b, hostname, e.Time, pid, clock)
 	b = str(b, "uuid", m.ID)
 	switch e.Type {
 	case consumer.TaskReceived:
@@ -343,11 +336,7 @@ func appendTaskEvent(b []byte, e *taskRecord, hostname string, pid int, clock in
 	case consumer.TaskRejected:
 		b = boolean(b, "requeue", e.Requeue)
 	}
-	b = append(b, `, "timestamp": `...)
-	b = strconv.AppendFloat(b, float64(e.Time.UnixMicro())/1e6, 'f', -1, 64)
-	b = append(b, `, "type": `...)
-	b, _ = protocol.AppendJSON(b, e.Type)
-	return append(b, '}')
+	return appendTail(b, e.Time, e.Type)
 }
 
 func isoOrEmpty(t time.Time) string {

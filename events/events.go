@@ -62,14 +62,7 @@ func UTCOffset(t time.Time) int {
 // appendEvent writes e in Celery's key order: hostname, utcoffset, pid,
 // clock, the event's fields, timestamp, type.
 func appendEvent(b []byte, e *Event, hostname string, pid int, clock int64) []byte {
-	b = append(b, `{"hostname": `...)
-	b, _ = protocol.AppendJSON(b, hostname)
-	b = append(b, `, "utcoffset": `...)
-	b = strconv.AppendInt(b, int64(UTCOffset(e.Time)), 10)
-	b = append(b, `, "pid": `...)
-	b = strconv.AppendInt(b, int64(pid), 10)
-	b = append(b, `, "clock": `...)
-	b = strconv.AppendInt(b, clock, 10)
+	b = appendHead(b, hostname, e.Time, pid, clock)
 	for _, f := range e.Fields {
 		b = append(b, ", "...)
 		b, _ = protocol.AppendJSON(b, f.Key)
@@ -80,10 +73,27 @@ func appendEvent(b []byte, e *Event, hostname string, pid int, clock int64) []by
 		}
 		b = nb
 	}
+	return appendTail(b, e.Time, e.Type)
+}
+
+// appendHead opens an event with the standard fields every event starts with.
+func appendHead(b []byte, hostname string, t time.Time, pid int, clock int64) []byte {
+	b = append(b, `{"hostname": `...)
+	b, _ = protocol.AppendJSON(b, hostname)
+	b = append(b, `, "utcoffset": `...)
+	b = strconv.AppendInt(b, int64(UTCOffset(t)), 10)
+	b = append(b, `, "pid": `...)
+	b = strconv.AppendInt(b, int64(pid), 10)
+	b = append(b, `, "clock": `...)
+	return strconv.AppendInt(b, clock, 10)
+}
+
+// appendTail closes an event with timestamp and type, which come last.
+func appendTail(b []byte, t time.Time, typ string) []byte {
 	b = append(b, `, "timestamp": `...)
-	b = strconv.AppendFloat(b, float64(e.Time.UnixMicro())/1e6, 'f', -1, 64)
+	b = strconv.AppendFloat(b, float64(t.UnixMicro())/1e6, 'f', -1, 64)
 	b = append(b, `, "type": `...)
-	b, _ = protocol.AppendJSON(b, e.Type)
+	b, _ = protocol.AppendJSON(b, typ)
 	return append(b, '}')
 }
 

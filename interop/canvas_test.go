@@ -31,17 +31,7 @@ func TestGoCanvas(t *testing.T) {
 			defer cancel()
 			pyq := "gocanvas_py_" + tc.name + "_" + uuid.NewString()[:8]
 			goq := "gocanvas_go_" + tc.name + "_" + uuid.NewString()[:8]
-			startPythonWorker(t, celery, tc.url, pyq)
-			b, closeBroker, err := tc.dial(ctx, tc.url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeBroker()
-			backend, err := results.OpenRedis(backendURL, results.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer backend.Close()
+			b, backend := tc.open(t, ctx, celery, pyq)
 			startGoWorker(t, ctx, b, backend, goq)
 			p := producer.New(b, backend, producer.Config{DefaultQueue: pyq})
 			py := func(name string, args ...any) protocol.Signature { return producer.Sig("pyinterop."+name, args...) }

@@ -29,17 +29,7 @@ func TestAsyncResultRevoke(t *testing.T) {
 			defer cancel()
 			pyq := "gorevoke_py_" + tc.name + "_" + uuid.NewString()[:8]
 			goq := "gorevoke_go_" + tc.name + "_" + uuid.NewString()[:8]
-			startPythonWorker(t, celery, tc.url, pyq)
-			b, closeBroker, err := tc.dial(ctx, tc.url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeBroker()
-			backend, err := results.OpenRedis(backendURL, results.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer backend.Close()
+			b, backend := tc.open(t, ctx, celery, pyq)
 			ct, ok := b.(control.Transport)
 			if !ok {
 				t.Fatalf("%T is not a control transport", b)

@@ -42,6 +42,24 @@ func producerBrokers() []producerBroker {
 	}
 }
 
+// open starts a Python worker on queue and connects to the broker and the
+// result backend, all closed when the test ends.
+func (tc producerBroker) open(t *testing.T, ctx context.Context, celery, queue string) (producer.Broker, *results.Redis) {
+	t.Helper()
+	startPythonWorker(t, celery, tc.url, queue)
+	b, closeBroker, err := tc.dial(ctx, tc.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeBroker)
+	backend, err := results.OpenRedis(backendURL, results.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	return b, backend
+}
+
 // The Go producer's SendTask and AsyncResult against a real Python Celery
 // 5.7 worker, on both brokers.
 func TestProducerWithPythonWorker(t *testing.T) {
@@ -51,17 +69,7 @@ func TestProducerWithPythonWorker(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			queue := "goprod_" + tc.name + "_" + uuid.NewString()[:8]
-			startPythonWorker(t, celery, tc.url, queue)
-			b, closeBroker, err := tc.dial(ctx, tc.url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer closeBroker()
-			backend, err := results.OpenRedis(backendURL, results.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer backend.Close()
+			b, backend := tc.open(t, ctx, celery, queue)
 			p := producer.New(b, backend, producer.Config{DefaultQueue: queue})
 
 			// A plain call, its state and result.

@@ -51,14 +51,24 @@ def env(canvas_env, request):
 add, xsum, fail, counter = flaskapp.add, flaskapp.xsum, flaskapp.fail, flaskapp.counter
 
 
+def get(r, **kwargs):
+    """r.get() once r is ready. Celery's Redis result consumer SUBSCRIBEs
+    without waiting for Redis to confirm, then reads the state once: a Go
+    chain can finish in that window, its PUBLISH is missed and get() waits
+    for nothing (a Celery client race, hit when workers are fast). Polling
+    the state first closes it."""
+    wait_until(r.ready, TIMEOUT, interval=0.01, message=f"result {r.id} ready")
+    return r.get(timeout=TIMEOUT, **kwargs)
+
+
 def test_chain_of_go_tasks(env):
     r = chain(add.s(1, 1), add.s(2), add.s(3)).apply_async()
-    assert r.get(timeout=TIMEOUT) == 7
+    assert get(r) == 7
     # parent links as a Python worker records them: each step's parent is
     # the step before, and all share the first step's id as root.
     first = r.parent.parent
-    assert r.parent.get(timeout=TIMEOUT) == 4
-    assert first.get(timeout=TIMEOUT) == 2
+    assert get(r.parent) == 4
+    assert get(first) == 2
     for step in (r, r.parent):
         meta = env.celery.backend.get_task_meta(step.id)
         assert meta["parent_id"] == step.parent.id
@@ -66,17 +76,17 @@ def test_chain_of_go_tasks(env):
 
 def test_chain_immutable_step(env):
     r = chain(add.s(1, 1), add.si(10, 10), add.s(5)).apply_async()
-    assert r.get(timeout=TIMEOUT) == 25
+    assert get(r) == 25
 
 
 def test_group_of_100(env):
     g = group(add.s(i, i) for i in range(100)).apply_async()
-    assert g.get(timeout=TIMEOUT) == [2 * i for i in range(100)]
+    assert get(g) == [2 * i for i in range(100)]
 
 
 def test_chord_group_xsum(env):
     r = chord((add.s(i, i) for i in range(20)), xsum.s()).apply_async()
-    assert r.get(timeout=TIMEOUT) == sum(2 * i for i in range(20))
+    assert get(r) == sum(2 * i for i in range(20))
 
 
 def test_chord_results_in_header_order(env):
@@ -84,7 +94,7 @@ def test_chord_results_in_header_order(env):
     # order: the sleeps make the first header task finish last.
     sleep = flaskapp.sleep
     r = chord([sleep.si(0.5), sleep.si(0.2), sleep.si(0)], flaskapp.echo.s()).apply_async()
-    got = r.get(timeout=TIMEOUT)
+    got = get(r)
     assert got["args"] == [[0.5, 0.2, 0]]
 
 
@@ -93,44 +103,44 @@ def test_chain_of_chords(env):
     # chord's header tasks: add(6, 10) + add(6, 20) = 42.
     c = chain(chord([add.s(1, 1), add.s(2, 2)], xsum.s()),
               chord([add.s(10), add.s(20)], xsum.s()))
-    assert c.apply_async().get(timeout=TIMEOUT) == 42
+    assert get(c.apply_async()) == 42
 
 
 def test_chain_with_group_upgraded_to_chord(env):
     # chain(task, group, task): Celery turns group + task into a chord whose
     # header gets the first task's result.
     r = chain(add.s(1, 1), group(add.s(1), add.s(2)), xsum.s()).apply_async()
-    assert r.get(timeout=TIMEOUT) == 3 + 4
+    assert get(r) == 3 + 4
 
 
 def test_link_callback(env, rdb):
     key = f"canvas:link:{new_uid()}"
     r = add.apply_async((2, 3), link=counter.si(key))
-    assert r.get(timeout=TIMEOUT) == 5
+    assert get(r) == 5
     wait_until(lambda: rdb.get(key) == b"1", TIMEOUT, message="link callback ran")
 
 
 def test_link_callback_gets_result(env):
     cid = new_uid()
     r = add.apply_async((2, 3), link=add.s(100).set(task_id=cid))
-    assert r.get(timeout=TIMEOUT) == 5
+    assert get(r) == 5
     child = AsyncResult(cid, app=env.celery)
-    assert child.get(timeout=TIMEOUT) == 105
+    assert get(child) == 105
     assert env.celery.backend.get_task_meta(cid)["parent_id"] == r.id
 
 
 def test_several_callbacks_run_as_a_group(env):
     ids = [new_uid() for _ in range(3)]
     r = add.apply_async((1, 2), link=[add.s(i).set(task_id=t) for i, t in enumerate(ids)])
-    assert r.get(timeout=TIMEOUT) == 3
-    assert [AsyncResult(t, app=env.celery).get(timeout=TIMEOUT) for t in ids] == [3, 4, 5]
+    assert get(r) == 3
+    assert [get(AsyncResult(t, app=env.celery)) for t in ids] == [3, 4, 5]
 
 
 def test_errback_on_failure(env, rdb):
     key = f"canvas:errback:{new_uid()}"
     r = fail.apply_async(("boom",), link_error=counter.si(key))
     with pytest.raises(ValueError, match="boom"):
-        r.get(timeout=TIMEOUT)
+        get(r)
     wait_until(lambda: rdb.get(key) == b"1", TIMEOUT, message="errback ran once")
 
 
@@ -139,15 +149,15 @@ def test_errback_gets_task_id(env):
     eb = flaskapp.echo.s()
     eb_id = str(new_uid())
     r = fail.apply_async(("boom",), link_error=eb.set(task_id=eb_id))
-    r.get(timeout=TIMEOUT, propagate=False)
-    got = AsyncResult(eb_id, app=env.celery).get(timeout=TIMEOUT)
+    get(r, propagate=False)
+    got = get(AsyncResult(eb_id, app=env.celery))
     assert got["args"] == [r.id]
 
 
 def test_failure_fails_rest_of_chain(env):
     r = chain(add.s(1, 1), fail.si("mid"), add.s(1)).apply_async()
     with pytest.raises(ValueError, match="mid"):
-        r.get(timeout=TIMEOUT)
+        get(r)
     assert r.state == "FAILURE"
 
 
@@ -158,10 +168,10 @@ def test_chord_header_failure_fails_body(env, rdb):
     # r.get() re-raises the header's ValueError first (its parent); the
     # body's own result is the ChordError naming the failed dependency.
     with pytest.raises(ValueError, match="header"):
-        r.get(timeout=TIMEOUT)
+        get(r)
     body_result = AsyncResult(r.id, app=env.celery)
     with pytest.raises(ChordError, match=r"Dependency .* raised ValueError\('header'\)"):
-        body_result.get(timeout=TIMEOUT)
+        get(body_result)
     wait_until(lambda: rdb.get(key) == b"1", TIMEOUT, message="body errback ran")
 
 
@@ -180,13 +190,13 @@ def test_mixed_chain_python_go_python(mixed):
               add.s(2).set(queue=env.queue),
               pysig(env, "add", 3, queue=pyq),
               add.s(4).set(queue=env.queue))
-    assert c.apply_async().get(timeout=TIMEOUT) == 11
+    assert get(c.apply_async()) == 11
 
 
 def test_chord_go_header_python_body(mixed):
     env, pyq = mixed.go, mixed.py.queue
     r = chord([add.s(i, i) for i in range(10)], pysig(env, "xsum", queue=pyq)).apply_async()
-    assert r.get(timeout=TIMEOUT) == 90
+    assert get(r) == 90
 
 
 def test_chord_mixed_header_go_body(mixed):
@@ -196,4 +206,4 @@ def test_chord_mixed_header_go_body(mixed):
     env, pyq = mixed.go, mixed.py.queue
     header = [pysig(env, "add", i, i, queue=pyq) if i % 2 else add.s(i, i) for i in range(10)]
     r = chord(header, xsum.s().set(queue=env.queue)).apply_async()
-    assert r.get(timeout=TIMEOUT) == 90
+    assert get(r) == 90
