@@ -54,9 +54,23 @@ type ObserverFunc func(e *TaskEvent)
 // ObserveTask calls f(e).
 func (f ObserverFunc) ObserveTask(e *TaskEvent) { f(e) }
 
+// Quiet is implemented by observers that are sometimes off (task events
+// before enable_events): while every observer is quiet the worker builds
+// no events at all.
+type Quiet interface {
+	Observing() bool
+}
+
 // observe sends an event about r to every observer.
 func (w *Worker) observe(typ string, r *Request, fill func(e *TaskEvent)) {
-	if len(w.cfg.Observers) == 0 {
+	listening := false
+	for _, o := range w.cfg.Observers {
+		if q, ok := o.(Quiet); !ok || q.Observing() {
+			listening = true
+			break
+		}
+	}
+	if !listening {
 		return
 	}
 	e := &TaskEvent{Type: typ, Time: time.Now(), Message: r.Message, Queue: r.Queue, Received: r.received}

@@ -120,6 +120,10 @@ func (d *Dispatcher) SetStats(f func() (active, processed int64)) { d.cfg.Stats 
 // Clock returns the dispatcher's Lamport clock.
 func (d *Dispatcher) Clock() *Clock { return d.clock }
 
+// Observing reports whether task events are on (consumer.Quiet): while
+// they are off the worker does not build them.
+func (d *Dispatcher) Observing() bool { return d.taskEvents.Load() }
+
 // TaskEvents reports whether task events are being sent.
 func (d *Dispatcher) TaskEvents() bool { return d.taskEvents.Load() }
 
