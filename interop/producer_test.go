@@ -127,6 +127,26 @@ func TestProducerWithPythonWorker(t *testing.T) {
 				t.Errorf("link callback = %v, %v", v, err)
 			}
 
+			// Custom states and retries, read from Go while Python runs them.
+			r, _ = p.SendTask(ctx, "pyinterop.progress", []any{5, 0.2}, nil)
+			waitFor(t, ctx, func() bool {
+				info, _ := r.Info(ctx)
+				m, _ := info.(map[string]any)
+				s, _ := r.State(ctx)
+				return s == "PROGRESS" && m["total"] == int64(5)
+			})
+			if v, err := r.Get(ctx); err != nil || v != int64(5) {
+				t.Errorf("progress = %v, %v", v, err)
+			}
+			r, _ = p.SendTask(ctx, "pyinterop.retry", []any{2}, nil)
+			if v, err := r.Get(ctx); err != nil || v != int64(2) {
+				t.Errorf("retry = %v, %v", v, err)
+			}
+			r, _ = p.SendTask(ctx, "pyinterop.sleep", []any{0.1}, nil)
+			if v, err := r.Get(ctx); err != nil || v != 0.1 {
+				t.Errorf("sleep = %v, %v", v, err)
+			}
+
 			// The rest of the option set, as the Python task's request sees
 			// it, through a msgpack + gzip producer.
 			mp := producer.New(b, backend, producer.Config{DefaultQueue: queue, Serializer: "msgpack", Compression: "gzip"})
