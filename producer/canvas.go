@@ -430,6 +430,14 @@ func optionsOf(m map[string]any) (Options, error) {
 		o.Headers = h
 	}
 	o.IgnoreResult, _ = m["ignore_result"].(bool)
+	switch dm := m["delivery_mode"].(type) {
+	case string:
+		o.Transient = dm == "transient"
+	default:
+		if n, ok := number(dm); ok {
+			o.Transient = n == 1
+		}
+	}
 	o.Shadow = str("shadow")
 	o.RootID, o.ParentID = str("root_id"), str("parent_id")
 	o.GroupID = str("group_id")

@@ -133,6 +133,16 @@ func TestOptionsOf(t *testing.T) {
 		len(o.Link) != 1 || *o.GroupIndex != 1 || o.GroupID != "g" {
 		t.Errorf("options = %+v", o)
 	}
+	if o, _ := optionsOf(map[string]any{"delivery_mode": "transient"}); !o.Transient {
+		t.Error("delivery_mode transient not read")
+	}
+	rec := &recorder{}
+	if _, err := New(rec, nil, Config{}).SendTask(context.Background(), "t", nil, nil, Transient()); err != nil {
+		t.Fatal(err)
+	}
+	if m := decodeAll(t, rec)[0]; m.Properties.DeliveryMode != 1 {
+		t.Errorf("Transient sent delivery_mode %d", m.Properties.DeliveryMode)
+	}
 	if _, err := optionsOf(map[string]any{"eta": "not a date"}); err == nil {
 		t.Error("a bad eta was accepted")
 	}

@@ -125,7 +125,22 @@ type Options struct {
 	Chord      *protocol.Signature  // the body, for a chord header task
 	GroupID    string
 	GroupIndex *int
+	// Transient sends with delivery_mode 1: RabbitMQ keeps the message in
+	// memory only (lost if the broker restarts), for several times the
+	// publish rate of persistent messages.
+	Transient bool
 }
+
+func deliveryMode(o *Options) int {
+	if o.Transient {
+		return 1
+	}
+	return 2
+}
+
+// Transient is apply_async(delivery_mode=1): the broker does not write
+// the message to disk.
+func Transient() Option { return func(o *Options) { o.Transient = true } }
 
 // Option sets one apply_async option.
 type Option func(*Options)
@@ -245,7 +260,7 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 		RootID: o.RootID, ParentID: o.ParentID, Shadow: o.Shadow, IgnoreResult: o.IgnoreResult,
 		Origin: p.cfg.Origin, Headers: o.Headers, Callbacks: o.Link, Errbacks: o.LinkError,
 		Chain: o.Chain, Chord: o.Chord, Group: o.GroupID, GroupIndex: o.GroupIndex,
-		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: 2, Priority: priority},
+		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: deliveryMode(o), Priority: priority},
 	}
 	if !o.Expires.IsZero() {
 		// kombu turns expires into the per-message TTL RabbitMQ enforces.
