@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -57,13 +59,15 @@ type tracked struct {
 
 // tracker keeps the requests in the worker, for inspect and revoke.
 type tracker struct {
-	mu   sync.Mutex
-	reqs map[string]*tracked // by task id; a redelivered duplicate replaces
+	mu    sync.Mutex
+	reqs  map[string]*tracked // by task id; a redelivered duplicate replaces
+	total map[string]int64    // tasks taken, by name (stats "total")
 }
 
 func (w *Worker) trackReceived(j *job, state string) {
 	w.track.mu.Lock()
 	w.track.reqs[j.req.ID] = &tracked{j: j, state: state}
+	w.track.total[j.req.Task]++
 	w.track.mu.Unlock()
 }
 
@@ -315,12 +319,32 @@ func ParseRateLimit(s string) (perSecond float64, err error) {
 	return 0, fmt.Errorf("%w: %q", ErrBadRateLimit, s)
 }
 
-// limits per task name, changed at run time by rate_limit/time_limit.
+// taskLimits are the limits per task name that rate_limit and time_limit
+// change at run time. Every task reads them and they almost never change,
+// so readers load a snapshot and writers replace it.
 type taskLimits struct {
-	mu       sync.Mutex
+	mu  sync.Mutex // serializes writers
+	cur atomic.Pointer[limitSet]
+}
+
+type limitSet struct {
 	rates    map[string]*rate.Limiter
 	rateStr  map[string]string
 	timeouts map[string][2]time.Duration // soft, hard
+}
+
+// update applies f to a copy of the current limits and publishes it.
+func (l *taskLimits) update(f func(ls *limitSet)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := &limitSet{rates: map[string]*rate.Limiter{}, rateStr: map[string]string{}, timeouts: map[string][2]time.Duration{}}
+	if cur := l.cur.Load(); cur != nil {
+		maps.Copy(next.rates, cur.rates)
+		maps.Copy(next.rateStr, cur.rateStr)
+		maps.Copy(next.timeouts, cur.timeouts)
+	}
+	f(next)
+	l.cur.Store(next)
 }
 
 // SetRateLimit sets a task's rate limit ("10/s", "100/m"; "" removes
@@ -334,29 +358,31 @@ func (w *Worker) SetRateLimit(task, limit string) error {
 	if err != nil {
 		return err
 	}
-	w.limits.mu.Lock()
-	defer w.limits.mu.Unlock()
-	if perSec == 0 {
-		delete(w.limits.rates, task)
-		delete(w.limits.rateStr, task)
-		return nil
-	}
-	w.limits.rates[task] = rate.NewLimiter(rate.Limit(perSec), 1)
-	w.limits.rateStr[task] = limit
+	w.limits.update(func(ls *limitSet) {
+		if perSec == 0 {
+			delete(ls.rates, task)
+			delete(ls.rateStr, task)
+			return
+		}
+		ls.rates[task] = rate.NewLimiter(rate.Limit(perSec), 1)
+		ls.rateStr[task] = limit
+	})
 	return nil
 }
 
 // RateLimit returns a task's rate limit string, "" for none.
 func (w *Worker) RateLimit(task string) string {
-	w.limits.mu.Lock()
-	defer w.limits.mu.Unlock()
-	return w.limits.rateStr[task]
+	if ls := w.limits.cur.Load(); ls != nil {
+		return ls.rateStr[task]
+	}
+	return ""
 }
 
 func (w *Worker) limiter(task string) *rate.Limiter {
-	w.limits.mu.Lock()
-	defer w.limits.mu.Unlock()
-	return w.limits.rates[task]
+	if ls := w.limits.cur.Load(); ls != nil {
+		return ls.rates[task]
+	}
+	return nil
 }
 
 // SetTimeLimit sets a task's soft and hard time limits (0: none), as
@@ -366,16 +392,16 @@ func (w *Worker) SetTimeLimit(task string, soft, hard time.Duration) error {
 	if _, _, ok := w.mux.Lookup(task); !ok {
 		return ErrUnknownTask
 	}
-	w.limits.mu.Lock()
-	w.limits.timeouts[task] = [2]time.Duration{soft, hard}
-	w.limits.mu.Unlock()
+	w.limits.update(func(ls *limitSet) { ls.timeouts[task] = [2]time.Duration{soft, hard} })
 	return nil
 }
 
 func (w *Worker) timeLimitOverride(task string) (soft, hard time.Duration, ok bool) {
-	w.limits.mu.Lock()
-	defer w.limits.mu.Unlock()
-	t, ok := w.limits.timeouts[task]
+	ls := w.limits.cur.Load()
+	if ls == nil {
+		return 0, 0, false
+	}
+	t, ok := ls.timeouts[task]
 	return t[0], t[1], ok
 }
 
@@ -398,13 +424,9 @@ func (w *Worker) Registered() []TaskInfo {
 
 // TotalByTask counts the tasks this worker took, by name (stats "total").
 func (w *Worker) TotalByTask() map[string]int64 {
-	w.totalMu.Lock()
-	defer w.totalMu.Unlock()
-	out := make(map[string]int64, len(w.total))
-	for k, v := range w.total {
-		out[k] = v
-	}
-	return out
+	w.track.mu.Lock()
+	defer w.track.mu.Unlock()
+	return maps.Clone(w.track.total)
 }
 
 // Hostname returns the worker's node name.
@@ -412,16 +434,16 @@ func (w *Worker) Hostname() string { return w.cfg.Hostname }
 
 // Started returns when Run began (stats "uptime").
 func (w *Worker) Started() time.Time {
-	w.totalMu.Lock()
-	defer w.totalMu.Unlock()
+	w.runMu.Lock()
+	defer w.runMu.Unlock()
 	return w.started
 }
 
 // Shutdown starts a warm shutdown, as Celery's shutdown command does.
 func (w *Worker) Shutdown() {
-	w.totalMu.Lock()
+	w.runMu.Lock()
 	stop := w.stop
-	w.totalMu.Unlock()
+	w.runMu.Unlock()
 	if stop != nil {
 		stop()
 	}

@@ -56,9 +56,6 @@ func (w *Worker) dispatch(ctx context.Context, d *broker.Delivery) {
 		opts.SoftTimeLimit, opts.TimeLimit = soft, hard
 	}
 	j := &job{d: d, req: r, h: h, opts: opts}
-	w.totalMu.Lock()
-	w.total[m.Task]++
-	w.totalMu.Unlock()
 	w.observe(TaskReceived, r, nil)
 	if w.expired(j) || w.discardRevoked(j) {
 		return

@@ -16,10 +16,8 @@ import (
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
-	"github.com/gocelery/gocelery/protocol"
-	"golang.org/x/time/rate"
-
 	"github.com/gocelery/gocelery/producer"
+	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
 )
 
@@ -152,8 +150,7 @@ type Worker struct {
 	revoked *revokedSet
 	limits  taskLimits
 
-	totalMu sync.Mutex
-	total   map[string]int64   // tasks taken, by name
+	runMu   sync.Mutex         // guards started and stop
 	started time.Time          // when Run began
 	stop    context.CancelFunc // Shutdown: ends Run warmly
 }
@@ -185,11 +182,8 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		concurrency: cfg.Concurrency,
 		kill:        make(chan struct{}),
 		dlqDeclared: map[string]bool{},
-		track:       tracker{reqs: map[string]*tracked{}},
+		track:       tracker{reqs: map[string]*tracked{}, total: map[string]int64{}},
 		revoked:     &revokedSet{ids: map[string]time.Time{}, max: cfg.RevokesMax, ttl: cfg.RevokeExpires},
-		limits: taskLimits{rates: map[string]*rate.Limiter{}, rateStr: map[string]string{},
-			timeouts: map[string][2]time.Duration{}},
-		total: map[string]int64{},
 	}
 	if w.revoked.max <= 0 {
 		w.revoked.max = 50000
@@ -229,9 +223,9 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 func (w *Worker) Run(ctx context.Context) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	w.totalMu.Lock()
+	w.runMu.Lock()
 	w.stop, w.started = stop, time.Now()
-	w.totalMu.Unlock()
+	w.runMu.Unlock()
 	if w.cfg.RevokedStore != nil {
 		ids, err := w.cfg.RevokedStore.Load(ctx)
 		if err != nil {
