@@ -85,7 +85,7 @@ type Dispatcher struct {
 	// previous buffer, body the encoding buffer.
 	spare []taskRecord
 	body  []byte
-	kick    chan struct{}
+	kick  chan struct{}
 }
 
 // New returns a dispatcher publishing on p.

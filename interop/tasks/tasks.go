@@ -143,11 +143,11 @@ func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
 		}
 		return map[string]any{
 			"id": r.ID, "task": r.Task, "retries": r.Retries,
-			"timelimit": []any{secs(r.TimeLimit.Hard), secs(r.TimeLimit.Soft)},
 			"root_id": str(r.RootID), "parent_id": str(r.ParentID), "group": str(r.Group),
 			"eta": opt(r.ETA), "expires": opt(r.Expires),
 			"delivery_info": r.DeliveryInfo(), "headers": headers,
 			"hostname": r.Hostname, "args": r.Args, "kwargs": r.Kwargs,
+			"timelimit": []any{secs(r.TimeLimit.Hard), secs(r.TimeLimit.Soft)},
 		}, nil
 	})
 }
