@@ -4,12 +4,15 @@ SHELL := /bin/bash
 GOBIN := $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: test services vet staticcheck gotest pytest vectors
+.PHONY: test services fmtcheck vet staticcheck gotest pytest vectors
 
-test: services vet staticcheck gotest pytest
+test: services fmtcheck vet staticcheck gotest pytest
 
 services:
 	scripts/services.sh
+
+fmtcheck:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 vet:
 	go vet ./...
