@@ -71,14 +71,6 @@ func (w *Worker) trackReceived(j *job, state string) {
 	w.track.mu.Unlock()
 }
 
-// terminated reports whether a revoke with terminate cancelled j.
-func (w *Worker) terminated(j *job) bool {
-	w.track.mu.Lock()
-	defer w.track.mu.Unlock()
-	t := w.track.reqs[j.req.ID]
-	return t != nil && t.j == j && t.terminated
-}
-
 // trackStart marks j running, with the cancel of its handler's context.
 func (w *Worker) trackStart(j *job, cancel context.CancelFunc) {
 	w.track.mu.Lock()
@@ -87,25 +79,21 @@ func (w *Worker) trackStart(j *job, cancel context.CancelFunc) {
 		t = &tracked{j: j}
 		w.track.reqs[j.req.ID] = t
 	}
-	t.state, t.started, t.cancel = StateActive, time.Now(), cancel
+	t.state, t.started, t.cancel, t.acked = StateActive, time.Now(), cancel, j.acked
 	w.track.mu.Unlock()
 }
 
-func (w *Worker) trackAcked(j *job) {
-	w.track.mu.Lock()
-	if t := w.track.reqs[j.req.ID]; t != nil && t.j == j {
-		t.acked = true
-	}
-	w.track.mu.Unlock()
-}
-
-// trackDone forgets j.
-func (w *Worker) trackDone(j *job) {
+// trackDone forgets j and reports whether a revoke with terminate
+// cancelled it meanwhile.
+func (w *Worker) trackDone(j *job) (terminated bool) {
 	w.track.mu.Lock()
 	defer w.track.mu.Unlock()
-	if t := w.track.reqs[j.req.ID]; t != nil && t.j == j {
-		delete(w.track.reqs, j.req.ID)
+	t := w.track.reqs[j.req.ID]
+	if t == nil || t.j != j {
+		return false
 	}
+	delete(w.track.reqs, j.req.ID)
+	return t.terminated
 }
 
 func (w *Worker) infos(match func(t *tracked) bool) []RequestInfo {
@@ -163,6 +151,9 @@ type revokedSet struct {
 	ids map[string]time.Time
 	max int
 	ttl time.Duration
+	// n is len(ids): every task is checked twice and almost always
+	// nothing is revoked, so that check takes no lock.
+	n atomic.Int64
 }
 
 func (s *revokedSet) add(ids []string, now time.Time) {
@@ -174,6 +165,7 @@ func (s *revokedSet) add(ids []string, now time.Time) {
 	if len(s.ids) > s.max {
 		s.purge(now)
 	}
+	s.n.Store(int64(len(s.ids)))
 }
 
 // purge drops expired ids, then the oldest over max; call with mu held.
@@ -197,9 +189,13 @@ func (s *revokedSet) purge(now time.Time) {
 			delete(s.ids, x.id)
 		}
 	}
+	s.n.Store(int64(len(s.ids)))
 }
 
 func (s *revokedSet) has(id string) bool {
+	if s.n.Load() == 0 {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.ids[id]

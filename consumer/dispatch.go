@@ -11,10 +11,11 @@ import (
 
 // job is a task request on its way to a handler.
 type job struct {
-	d    *broker.Delivery
-	req  *Request
-	h    Handler
-	opts TaskOptions
+	d     *broker.Delivery
+	req   *Request
+	h     Handler
+	opts  TaskOptions
+	acked bool // acked early, before the handler ran
 }
 
 // dispatchLoop receives deliveries until ctx is done or the transport

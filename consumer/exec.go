@@ -51,10 +51,10 @@ func (w *Worker) execute(j *job) {
 	if w.expired(j) || w.discardRevoked(j) {
 		return
 	}
-	defer w.trackDone(j)
 	if lim := w.limiter(r.Task); lim != nil {
 		// A rate-limited task waits for its turn, as in Celery's bucket.
 		if err := lim.Wait(w.taskCtx); err != nil {
+			w.trackDone(j)
 			w.requeue(j.d, "shutdown")
 			return
 		}
@@ -62,7 +62,7 @@ func (w *Worker) execute(j *job) {
 	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
 	if !acksLate {
 		w.ack(j.d) // early ack: at execution start, not at receipt
-		w.trackAcked(j)
+		j.acked = true
 	}
 	ignore := r.IgnoreResult || j.opts.IgnoreResult
 	if pick(j.opts.TrackStarted, w.cfg.TrackStarted) && !ignore {
@@ -72,6 +72,7 @@ func (w *Worker) execute(j *job) {
 	start := time.Now()
 	o := w.call(j)
 	runtime := time.Since(start)
+	terminated := w.trackDone(j)
 
 	settleLate := func(ok bool, requeue bool) {
 		if !acksLate {
@@ -88,7 +89,7 @@ func (w *Worker) execute(j *job) {
 	var retryErr *RetryError
 	var rejectErr *RejectError
 	switch {
-	case w.terminated(j):
+	case terminated:
 		w.log.Info("Task terminated by revoke", "task", r.Name(), "id", r.ID)
 		w.observe(TaskRevoked, r, func(e *TaskEvent) { e.Terminated = true })
 		w.finish(r, w.meta(r, results.Revoked, results.TaskRevokedError("terminated")), true)
