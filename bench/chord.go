@@ -10,12 +10,12 @@ import (
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
-	gamqp "github.com/gocelery/gocelery/broker/amqp"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/interop/tasks"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
+	"github.com/gocelery/gocelery/worker"
 )
 
 // chordBench runs chord([interop.add(i, i) for i < n], interop.xsum()) built
@@ -24,7 +24,7 @@ import (
 func chordBench(brokerURL, redisURL string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	b, err := gamqp.Dial(ctx, brokerURL, gamqp.Options{})
+	b, err := worker.DialBroker(ctx, brokerURL, worker.DialOptions{})
 	if err != nil {
 		return err
 	}

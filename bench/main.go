@@ -27,9 +27,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
-	gamqp "github.com/gocelery/gocelery/broker/amqp"
-	gredis "github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/producer"
+	"github.com/gocelery/gocelery/worker"
 )
 
 type result struct {
@@ -293,19 +292,6 @@ func pythonPublishRate(python, brokerURL string, n int) (plain, confirmed float6
 	return plain, confirmed, err
 }
 
-// producerBroker is a transport the producer can publish on and close.
-type producerBroker interface {
-	producer.Broker
-	Close() error
-}
-
-func dialProducerBroker(ctx context.Context, url string) (producerBroker, error) {
-	if strings.HasPrefix(url, "redis") {
-		return gredis.Dial(ctx, url, gredis.Options{})
-	}
-	return gamqp.Dial(ctx, url, gamqp.Options{})
-}
-
 // deleteQueue removes a bench queue from either broker.
 func deleteQueue(url, q string) {
 	if strings.HasPrefix(url, "redis") {
@@ -332,7 +318,7 @@ func deleteQueue(url, q string) {
 // deletes it.
 func goPublishRate(url string, n, workers int, opts ...producer.Option) (float64, error) {
 	ctx := context.Background()
-	b, err := dialProducerBroker(ctx, url)
+	b, err := worker.DialBroker(ctx, url, worker.DialOptions{})
 	if err != nil {
 		return 0, err
 	}

@@ -305,6 +305,7 @@ type Broker interface {
 	DeclareExchange(ctx context.Context, ex broker.Exchange) error
 	Connected() bool
 	Reconnects() int64
+	Close() error
 }
 
 // brokerInfo describes the broker URL for the stats command.
@@ -325,21 +326,41 @@ func brokerInfo(rawURL string) control.BrokerInfo {
 }
 
 func openBroker(ctx context.Context, o *Options, log *slog.Logger) (Broker, func(), error) {
-	url := o.BrokerURL
+	b, err := DialBroker(ctx, o.BrokerURL, DialOptions{Logger: log, GlobalQoS: true,
+		VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() { b.Close() }, nil
+}
+
+// DialOptions tune the transport DialBroker opens; zero values are the
+// transports' defaults.
+type DialOptions struct {
+	Logger *slog.Logger
+	// GlobalQoS applies the prefetch to the whole AMQP channel, as a
+	// worker wants.
+	GlobalQoS bool
+	// VisibilityTimeout and RestoreInterval are kombu's Redis settings.
+	VisibilityTimeout, RestoreInterval time.Duration
+}
+
+// DialBroker connects to the broker a Celery broker URL names: amqp://,
+// amqps://, pyamqp://, redis:// or rediss://.
+func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) {
 	scheme, _, _ := strings.Cut(url, "://")
+	var b Broker
+	var err error
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
-		b, err := amqp.Dial(ctx, url, amqp.Options{Logger: log, GlobalQoS: true})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
+		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS})
 	case "redis", "rediss":
-		b, err := redis.Dial(ctx, url, redis.Options{Logger: log, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
+		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
+	default:
+		return nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://)", scheme)
 	}
-	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://)", scheme)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	return b, nil
 }

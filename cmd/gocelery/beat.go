@@ -17,11 +17,10 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/gocelery/gocelery/beat"
-	"github.com/gocelery/gocelery/broker/amqp"
-	"github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/internal/redisurl"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
+	"github.com/gocelery/gocelery/worker"
 )
 
 const beatUsage = `usage:
@@ -179,22 +178,11 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 func openBeatBroker(ctx context.Context, url string, log *slog.Logger) (producer.Broker, func(), error) {
-	scheme, _, _ := strings.Cut(url, "://")
-	switch scheme {
-	case "amqp", "amqps", "pyamqp":
-		b, err := amqp.Dial(ctx, url, amqp.Options{Logger: log})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
-	case "redis", "rediss":
-		b, err := redis.Dial(ctx, url, redis.Options{Logger: log})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
+	b, err := worker.DialBroker(ctx, url, worker.DialOptions{Logger: log})
+	if err != nil {
+		return nil, nil, err
 	}
-	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://)", scheme)
+	return b, func() { b.Close() }, nil
 }
 
 func beatList(ctx context.Context, args []string, stdout, stderr io.Writer) error {

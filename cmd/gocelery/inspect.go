@@ -12,10 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gocelery/gocelery/broker/amqp"
-	"github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/control"
 	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/worker"
 )
 
 // exitError ends the program with a given code (Celery's EX_UNAVAILABLE
@@ -132,11 +131,11 @@ func runRemote(ctx context.Context, kind string, cmds map[string]remoteCommand, 
 	if err != nil {
 		return err
 	}
-	t, closeT, err := dialControl(ctx, *brokerURL)
+	t, err := worker.DialBroker(ctx, *brokerURL, worker.DialOptions{})
 	if err != nil {
 		return err
 	}
-	defer closeT()
+	defer t.Close()
 	client := control.NewClient(t, control.ClientConfig{})
 	defer client.Close()
 	o := control.Options{Reply: true, Timeout: time.Duration(*timeout * float64(time.Second))}
@@ -258,24 +257,4 @@ func indent(s string, n int) string {
 		lines[i] = pad + l
 	}
 	return strings.Join(lines, "\n")
-}
-
-// dialControl connects to the broker named by url for remote control.
-func dialControl(ctx context.Context, url string) (control.Transport, func(), error) {
-	scheme, _, _ := strings.Cut(url, "://")
-	switch scheme {
-	case "amqp", "amqps", "pyamqp":
-		b, err := amqp.Dial(ctx, url, amqp.Options{})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
-	case "redis", "rediss":
-		b, err := redis.Dial(ctx, url, redis.Options{})
-		if err != nil {
-			return nil, nil, fmt.Errorf("broker: %w", err)
-		}
-		return b, func() { b.Close() }, nil
-	}
-	return nil, nil, fmt.Errorf("broker: unsupported URL scheme %q", scheme)
 }
