@@ -133,6 +133,21 @@ type Delivery struct {
 	Private any
 }
 
+// staleReporter is implemented by transports that can tell that a
+// delivery is no longer this process's to run.
+type staleReporter interface {
+	Stale(d *Delivery) bool
+}
+
+// Stale reports whether the broker has already given the message back to
+// its queue (the AMQP channel it came on is gone, or on Redis another
+// consumer restored it): running it now would run it twice, because the
+// broker redelivers it. Celery drops such requests on connection loss.
+func (d *Delivery) Stale() bool {
+	s, ok := d.Acker.(staleReporter)
+	return ok && s.Stale(d)
+}
+
 // Ack acknowledges the delivery: the broker forgets the message.
 func (d *Delivery) Ack() error { return d.Acker.Ack(d) }
 
