@@ -613,6 +613,15 @@ func (b *Broker) Reject(d *broker.Delivery, requeue bool) error {
 	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.reject(tag, requeue) })
 }
 
+// Stale reports whether d came on a channel that is gone: RabbitMQ has
+// requeued it and delivers it again, so running this copy would run it
+// twice (the worker drops it, as Celery drops its reserved requests and
+// timer on connection loss).
+func (b *Broker) Stale(d *broker.Delivery) bool {
+	ref, ok := d.Private.(*deliveryRef)
+	return ok && (ref.cc.stale.Load() || ref.cc.ch.IsClosed())
+}
+
 func (b *Broker) settle(d *broker.Delivery, op func(*consumeChannel, uint64) error) error {
 	ref, ok := d.Private.(*deliveryRef)
 	if !ok || ref.cc.b != b {

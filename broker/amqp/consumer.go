@@ -34,53 +34,6 @@ type consumeChannel struct {
 	acks ackFrontier
 }
 
-// ackFrontier coalesces acks into basic.ack(multiple=true), which is most
-// of what RabbitMQ spends per message at high rates. Only the frontier is
-// coalesced: a delivery whose tag is the lowest one not yet settled is
-// marked, and one goroutine at a time (group commit: no timer, batches form
-// only under load) acks everything below the new frontier with one frame.
-// A delivery above the frontier (an older one is still running or held for
-// its ETA) is acked on its own at once, so a held message never delays
-// other acks. Rejects are always sent on their own, before they are marked,
-// so a multiple ack can never cover a message meant for rejection.
-type ackFrontier struct {
-	mu       sync.Mutex
-	next     uint64              // lowest tag not settled; tags start at 1
-	done     map[uint64]struct{} // settled tags above next
-	pending  uint64              // highest tag acked at the frontier, not yet sent
-	acked    uint64              // multiple acks sent up to here
-	flushing bool
-}
-
-// markLocked records tag as settled and advances the frontier.
-func (f *ackFrontier) markLocked(tag uint64) {
-	if f.next == 0 {
-		f.next = 1
-	}
-	if tag != f.next {
-		if f.done == nil {
-			f.done = map[uint64]struct{}{}
-		}
-		f.done[tag] = struct{}{}
-		return
-	}
-	f.next++
-	for {
-		if _, ok := f.done[f.next]; !ok {
-			return
-		}
-		delete(f.done, f.next)
-		f.next++
-	}
-}
-
-// mark records a delivery settled by other means (a nack at shutdown).
-func (f *ackFrontier) mark(tag uint64) {
-	f.mu.Lock()
-	f.markLocked(tag)
-	f.mu.Unlock()
-}
-
 // ack acknowledges tag as described on ackFrontier.
 func (cc *consumeChannel) ack(tag uint64) error {
 	f := &cc.acks
