@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the test prerequisites available: RabbitMQ on 127.0.0.1:5672, Redis on
-# 127.0.0.1:6379, the Python interop venv (.venv) and staticcheck.
+# 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432, the Python interop venv (.venv) and staticcheck.
 # Idempotent and fast when everything is already there: each step first checks
 # whether its thing answers/exists and only then installs or starts it.
 # Needs root (or an already-provisioned machine) for the apt-get/start steps.
@@ -76,6 +76,47 @@ ensure_rabbitmq() {
     log "rabbitmq: up"
 }
 
+# PostgreSQL for the beat store's tests: Debian's cluster started with
+# pg_ctlcluster (no systemd), a login role gocelery/gocelery that may create
+# databases (each test makes its own) and the database gocelery_test.
+PG_ROLE=gocelery
+PG_DB=gocelery_test
+pg_ready() {
+    PGPASSWORD=$PG_ROLE PGCONNECT_TIMEOUT=3 psql -h 127.0.0.1 -p 5432 -U "$PG_ROLE" -d "$PG_DB" \
+        -Atqc 'select 1' >/dev/null 2>&1
+}
+as_postgres() { su -s /bin/sh postgres -c "$*"; }
+ensure_postgres() {
+    if port_open 5432 && pg_ready; then log "postgres: up on 5432"; return; fi
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    [ "$(id -u)" = 0 ] || die "need root to start PostgreSQL"
+    local ver name port status
+    if ! pg_lsclusters -h | grep -q .; then
+        ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+        log "postgres: creating cluster $ver/main"
+        pg_createcluster "$ver" main >/dev/null
+    fi
+    read -r ver name port status _ < <(pg_lsclusters -h | head -1)
+    [ "$port" = 5432 ] || die "PostgreSQL cluster $ver/$name listens on $port, want 5432"
+    if [ "$status" != online ]; then
+        log "postgres: starting cluster $ver/$name"
+        pg_ctlcluster "$ver" "$name" start
+    fi
+    wait_port postgres 5432 || die "postgres did not open 127.0.0.1:5432 within ${WAIT_SECONDS}s"
+    as_postgres "psql -v ON_ERROR_STOP=1 -q" <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+    CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_ROLE';
+  END IF;
+END \$\$;
+SQL
+    if [ -z "$(as_postgres "psql -Atqc \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"")" ]; then
+        as_postgres "createdb -O $PG_ROLE $PG_DB"
+    fi
+    pg_ready || die "cannot log in to PostgreSQL as $PG_ROLE on 127.0.0.1:5432/$PG_DB"
+    log "postgres: up (postgres://$PG_ROLE:$PG_ROLE@127.0.0.1:5432/$PG_DB)"
+}
+
 ensure_venv() {
     local req=interop/python/requirements.txt stamp=.venv/.requirements.sha256 want
     want=$( (sha256sum "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
@@ -105,6 +146,7 @@ ensure_staticcheck() {
 
 ensure_redis
 ensure_rabbitmq
+ensure_postgres
 ensure_venv
 ensure_staticcheck
 log "all ready (root: $ROOT)"
