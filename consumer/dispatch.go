@@ -81,6 +81,25 @@ func (w *Worker) submit(ctx context.Context, j *job) {
 	}
 }
 
+// dropStale drops j if the broker has given its message back (see
+// broker.Delivery.Stale) and reports whether it did.
+func (w *Worker) dropStale(j *job) bool {
+	if !j.d.Stale() {
+		return false
+	}
+	w.staleDropped(j)
+	return true
+}
+
+// staleDropped forgets a request whose message the broker redelivers:
+// nothing is stored or settled, as Celery clears its reserved requests and
+// timer when the connection is lost.
+func (w *Worker) staleDropped(j *job) {
+	w.log.Info("Dropped a received task: the broker gave its message back (connection lost) and delivers it again",
+		"task", j.req.Name(), "id", j.req.ID, "queue", j.d.Queue)
+	w.trackDone(j)
+}
+
 // expired implements Celery's expiry: not run, REVOKED stored, acked.
 func (w *Worker) expired(j *job) bool {
 	m := j.req.Message
@@ -104,13 +123,18 @@ func (w *Worker) unknown(d *broker.Delivery, r *Request) {
 		return
 	}
 	dl := w.deadLetterKey(d, "unregistered")
+	// FAILURE and the errbacks follow the move: a move that fails
+	// requeues the message, which comes back here, and they must happen
+	// once, not once per attempt.
+	if !w.deadLetter(d, "unregistered", "task not registered: "+r.Task) {
+		return
+	}
 	w.log.Error("Received unregistered task of type '"+r.Task+"': stored FAILURE NotRegistered and moved the message to '"+dl+"'. "+
 		"Only tasks registered on this worker may be sent to its queues: give each app its own queue (task_default_queue, task_routes) so another app's tasks never land here.",
 		"task", r.Task, "id", r.ID, "queue", d.Queue, "dead_letter", dl)
 	// Celery stores NotRegistered even when the sender asked to ignore results.
 	w.observeFailure(r, results.NotRegistered(r.Task), "", 0)
 	w.finish(r, w.meta(r, results.Failure, results.NotRegistered(r.Task)), true)
-	w.deadLetter(d, "unregistered", "task not registered: "+r.Task)
 }
 
 func (w *Worker) deadLetterKey(d *broker.Delivery, reason string) string {
@@ -118,10 +142,10 @@ func (w *Worker) deadLetterKey(d *broker.Delivery, reason string) string {
 }
 
 // deadLetter moves d to "<queue>.<reason>" (a queue on the default
-// exchange, or DeadLetterExchange with that routing key), then acks it.
-// If the move fails the message is requeued after a pause: it is never
-// dropped.
-func (w *Worker) deadLetter(d *broker.Delivery, reason, cause string) {
+// exchange, or DeadLetterExchange with that routing key), then acks it,
+// and reports whether it did. If the move fails the message is requeued
+// after a pause: it is never dropped.
+func (w *Worker) deadLetter(d *broker.Delivery, reason, cause string) bool {
 	key := w.deadLetterKey(d, reason)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -140,11 +164,19 @@ func (w *Worker) deadLetter(d *broker.Delivery, reason, cause string) {
 		})
 	}
 	if err != nil {
+		if errors.Is(err, broker.ErrUnroutable) {
+			// The dead-letter queue was deleted under us: declare it again
+			// on the next attempt.
+			w.dlqMu.Lock()
+			delete(w.dlqDeclared, key)
+			w.dlqMu.Unlock()
+		}
 		w.log.Error("dead-lettering failed: message requeued", "queue", d.Queue, "dead_letter", key, "err", err)
 		time.AfterFunc(time.Second, func() { w.requeue(d, "dead-letter failed") })
-		return
+		return false
 	}
 	w.ack(d)
+	return true
 }
 
 func (w *Worker) declareDeadLetter(ctx context.Context, key string) error {
@@ -229,6 +261,7 @@ func (w *Worker) meta(r *Request, status string, result any) *results.Meta {
 	m := &results.Meta{
 		TaskID: r.ID, Status: status, Result: result,
 		GroupID: r.Group, ParentID: r.ParentID,
+		ReplyTo: r.Properties.ReplyTo, CorrelationID: r.Properties.CorrelationID,
 	}
 	if w.cfg.ResultExtended {
 		m.Extended = true

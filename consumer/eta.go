@@ -16,7 +16,8 @@ type etaHeld struct {
 	mu     sync.Mutex
 	h      etaHeap
 	wake   chan struct{}
-	raised int // how far prefetch is raised
+	raised int       // how far prefetch is raised
+	swept  time.Time // last sweep for stale messages
 }
 
 func newETAHeld(w *Worker) *etaHeld {
@@ -56,6 +57,19 @@ func (e *etaHeld) adjustPrefetch() {
 	e.raised = want
 }
 
+// reapplyPrefetch sets the raised prefetch again after something set
+// the base one (a new Consume: add_consumer, cancel_consumer).
+func (e *etaHeld) reapplyPrefetch() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.w.prefetch == 0 || e.raised == 0 {
+		return
+	}
+	if err := e.w.broker.SetPrefetch(e.w.prefetch + e.raised); err != nil {
+		e.w.log.Warn("raising prefetch for ETA tasks failed", "err", err)
+	}
+}
+
 // run moves due tasks to the pool until ctx is done.
 func (e *etaHeld) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
@@ -67,13 +81,22 @@ func (e *etaHeld) run(ctx context.Context) {
 		for len(e.h) > 0 && !e.h[0].req.ETA.After(now) {
 			due = append(due, heap.Pop(&e.h).(*job))
 		}
+		swept := e.sweepLocked(now)
 		next := time.Hour
 		if len(e.h) > 0 {
-			next = time.Until(e.h[0].req.ETA)
+			next = min(time.Until(e.h[0].req.ETA), sweepEvery)
 		}
 		e.mu.Unlock()
+		for _, j := range swept {
+			e.w.staleDropped(j)
+		}
+		if len(swept) > 0 && len(due) == 0 {
+			e.mu.Lock()
+			e.adjustPrefetch()
+			e.mu.Unlock()
+		}
 		for i, j := range due {
-			if e.w.expired(j) {
+			if e.w.dropStale(j) || e.w.expired(j) {
 				continue
 			}
 			select {
@@ -98,6 +121,36 @@ func (e *etaHeld) run(ctx context.Context) {
 		case <-timer.C:
 		}
 	}
+}
+
+// sweepEvery is how often held tasks are checked for messages the broker
+// has given back (a lost connection): those are delivered again, and the
+// stale copies must neither run nor keep the prefetch raised.
+const sweepEvery = time.Second
+
+// sweepLocked removes the held tasks whose message is stale, at most once
+// per sweepEvery; call with mu held.
+func (e *etaHeld) sweepLocked(now time.Time) []*job {
+	if now.Sub(e.swept) < sweepEvery {
+		return nil
+	}
+	e.swept = now
+	var stale []*job
+	kept := e.h[:0]
+	for _, j := range e.h {
+		if j.d.Stale() {
+			stale = append(stale, j)
+			continue
+		}
+		kept = append(kept, j)
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	clear(e.h[len(kept):])
+	e.h = kept
+	heap.Init(&e.h)
+	return stale
 }
 
 // requeueAll returns every held message to the broker (shutdown).

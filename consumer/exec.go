@@ -47,6 +47,12 @@ func (w *Worker) execute(j *job) {
 	defer w.active.Add(-1)
 	defer w.processed.Add(1)
 	r := j.req
+	// A message the broker has given back since it was received (its
+	// channel was lost while it waited for a slot) is delivered again:
+	// running this copy would run it twice.
+	if w.dropStale(j) {
+		return
+	}
 	// Celery checks expiry and revocation again just before execution.
 	if w.expired(j) || w.discardRevoked(j) {
 		return
@@ -58,10 +64,21 @@ func (w *Worker) execute(j *job) {
 			w.requeue(j.d, "shutdown")
 			return
 		}
+		if w.dropStale(j) {
+			return
+		}
 	}
 	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
 	if !acksLate {
-		w.ack(j.d) // early ack: at execution start, not at receipt
+		// Early ack: at execution start, not at receipt. If the broker
+		// no longer has the message for us, it redelivers it: not ours to run.
+		if err := j.d.Ack(); err != nil {
+			if errors.Is(err, broker.ErrStaleDelivery) {
+				w.staleDropped(j)
+				return
+			}
+			w.logSettle("ack", j.d, err)
+		}
 		j.acked = true
 	}
 	ignore := r.IgnoreResult || j.opts.IgnoreResult
@@ -94,9 +111,10 @@ func (w *Worker) execute(j *job) {
 		w.observe(TaskRevoked, r, func(e *TaskEvent) { e.Terminated = true })
 		w.finish(r, w.meta(r, results.Revoked, results.TaskRevokedError("terminated")), true)
 		settleLate(true, false)
+	case o.err != nil && w.cold.Load():
+		w.workerLost(j, acksLate, ignore, runtime)
 	case o.hardLimit:
 		hard, _ := limits(j)
-		w.abandoned.Add(1)
 		w.log.Error("Hard time limit exceeded: handler abandoned", "task", r.Name(), "id", r.ID, "limit", hard)
 		w.observeFailure(r, results.TimeLimitExceeded(hard.Seconds()), "", runtime)
 		w.finish(r, w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""), !ignore)
@@ -194,7 +212,52 @@ func (w *Worker) call(j *job) outcome {
 	case o := <-ch:
 		return o
 	case <-timer.C:
+		w.abandon(ch)
 		return outcome{hardLimit: true}
+	}
+}
+
+// abandon counts a handler left running past its hard limit until it
+// returns. Each one may hold a connection or a hung call; past
+// MaxAbandoned the worker stops (Run returns ErrAbandonedLimit) rather
+// than grow without bound.
+func (w *Worker) abandon(ch <-chan outcome) {
+	w.abandoned.Add(1)
+	n := w.hung.Add(1)
+	go func() {
+		<-ch
+		w.hung.Add(-1)
+	}()
+	if limit := w.cfg.MaxAbandoned; limit > 0 && n > int64(limit) {
+		w.hungOnce.Do(func() {
+			w.log.Error("Too many tasks still running past their hard time limit: stopping the worker so that its supervisor restarts it",
+				"running_abandoned", n, "max_abandoned", limit)
+			close(w.tooHung)
+		})
+	}
+}
+
+// workerLost settles a task that a cold shutdown interrupted, as Celery
+// does for a job whose pool process died (WorkerLostError): with acks_late
+// and reject_on_worker_lost the message goes back to the queue and nothing
+// is stored; otherwise FAILURE WorkerLostError is stored and a late-ack
+// message acked. An early-acked task is lost to the broker either way, so
+// it is recorded as FAILURE rather than Celery's "RETRY cancelled by
+// Celery", which no retry follows.
+func (w *Worker) workerLost(j *job, acksLate, ignore bool, runtime time.Duration) {
+	r := j.req
+	if acksLate && pick(j.opts.RejectOnWorkerLost, w.cfg.RejectOnWorkerLost) {
+		w.log.Warn("Cold shutdown interrupted the task: message requeued (task_reject_on_worker_lost)", "task", r.Name(), "id", r.ID)
+		w.reject(j.d, true)
+		return
+	}
+	exc := results.WorkerLostError("Worker exited prematurely: cold shutdown (SIGTERM).")
+	w.log.Error("Cold shutdown interrupted the task: stored FAILURE WorkerLostError", "task", r.Name(), "id", r.ID, "acks_late", acksLate)
+	fm := w.failureMeta(r, exc, "")
+	w.observeFailure(r, exc, fm.Traceback, runtime)
+	w.finish(r, fm, !ignore)
+	if acksLate {
+		w.ack(j.d)
 	}
 }
 
@@ -306,7 +369,16 @@ func (w *Worker) republish(j *job, eta time.Time, re *RetryError) error {
 	m := *j.req.Message
 	m.Retries++
 	m.ETA = eta
-	m.ParentID = j.req.ID
+	// As Celery's signature_from_request then send_task: the request's
+	// own parent and root are kept, and only when it has none does the
+	// running task (itself) become them.
+	if m.ParentID == "" {
+		m.ParentID = j.req.ID
+	}
+	if m.RootID == "" {
+		m.RootID = j.req.ID
+	}
+	m.Headers = withoutDeathHeaders(m.Headers)
 	if re.Args != nil {
 		m.Args, m.ArgsRepr = re.Args, ""
 	}
@@ -327,4 +399,32 @@ func (w *Worker) republish(j *job, eta time.Time, re *RetryError) error {
 	return w.broker.Publish(ctx, broker.Publishing{
 		Raw: *raw, Exchange: j.d.Exchange, RoutingKey: j.d.RoutingKey, Mandatory: true,
 	})
+}
+
+// deathHeaders are RabbitMQ's dead-lettering headers, which Celery strips
+// from a retried task (Context._filter_x_death_headers) so that RabbitMQ's
+// cycle detection does not drop it.
+var deathHeaders = []string{
+	"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+	"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+}
+
+func withoutDeathHeaders(h map[string]any) map[string]any {
+	var out map[string]any
+	for _, k := range deathHeaders {
+		if _, ok := h[k]; !ok {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]any, len(h))
+			for k, v := range h {
+				out[k] = v
+			}
+		}
+		delete(out, k)
+	}
+	if out == nil {
+		return h
+	}
+	return out
 }

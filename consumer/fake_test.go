@@ -23,10 +23,29 @@ type fakeBroker struct {
 	declared  []string
 	prefetch  []int
 	events    chan string // "ack:<tag>", "reject:<tag>:<requeue>", "publish:<key>"
+	stale     map[string]bool // tags the broker has given back (lost channel)
+	// unroutable makes that many publishes fail with ErrUnroutable.
+	unroutable int
+}
+
+// Stale reports the tags marked with markStale, as a transport reports
+// deliveries of a lost channel.
+func (b *fakeBroker) Stale(d *broker.Delivery) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stale[d.Tag]
+}
+
+func (b *fakeBroker) markStale(tags ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, t := range tags {
+		b.stale[t] = true
+	}
 }
 
 func newFakeBroker() *fakeBroker {
-	return &fakeBroker{ch: make(chan *broker.Delivery, 100), rejects: map[string]bool{}, events: make(chan string, 1000)}
+	return &fakeBroker{ch: make(chan *broker.Delivery, 100), rejects: map[string]bool{}, stale: map[string]bool{}, events: make(chan string, 1000)}
 }
 
 func (b *fakeBroker) Declare(_ context.Context, qs ...broker.Queue) error {
@@ -71,6 +90,12 @@ func (b *fakeBroker) SetPrefetch(n int) error {
 
 func (b *fakeBroker) Publish(_ context.Context, p broker.Publishing) error {
 	b.mu.Lock()
+	if b.unroutable > 0 {
+		b.unroutable--
+		b.mu.Unlock()
+		b.events <- "unroutable:" + p.RoutingKey
+		return broker.ErrUnroutable
+	}
 	b.published = append(b.published, p)
 	b.mu.Unlock()
 	b.events <- "publish:" + p.RoutingKey
@@ -78,6 +103,9 @@ func (b *fakeBroker) Publish(_ context.Context, p broker.Publishing) error {
 }
 
 func (b *fakeBroker) Ack(d *broker.Delivery) error {
+	if b.Stale(d) {
+		return broker.ErrStaleDelivery
+	}
 	b.mu.Lock()
 	b.acks = append(b.acks, d.Tag)
 	b.mu.Unlock()
@@ -126,6 +154,9 @@ func (b *fakeBroker) waitEvent(t *testing.T, want string) {
 func (b *fakeBroker) lastPrefetch() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if len(b.prefetch) == 0 {
+		return -1
+	}
 	return b.prefetch[len(b.prefetch)-1]
 }
 

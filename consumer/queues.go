@@ -35,6 +35,9 @@ func (w *Worker) consume(qs []broker.Queue) error {
 		cancel()
 		return err
 	}
+	// Consume sets the base prefetch; held ETA tasks need their raise
+	// back, or a full window of them would starve the pool.
+	w.eta.reapplyPrefetch()
 	set := &consumeSet{queues: qs, cancel: cancel}
 	w.queues.sets = append(w.queues.sets, set)
 	w.queues.fwd.Add(1)

@@ -95,6 +95,19 @@ type Config struct {
 	// ShutdownTimeout bounds the wait for running tasks on a warm
 	// shutdown; 0 means 30 s.
 	ShutdownTimeout time.Duration
+	// SoftShutdownTimeout is Celery 5.5's worker_soft_shutdown_timeout:
+	// a cold shutdown (Kill) first waits this long for running tasks, as
+	// a time-limited warm phase, before it cancels them. 0 disables it.
+	SoftShutdownTimeout time.Duration
+	// SoftShutdownOnIdle (worker_enable_soft_shutdown_on_idle) runs the
+	// soft phase even when no task is running.
+	SoftShutdownOnIdle bool
+	// MaxAbandoned caps the handlers left running after their hard time
+	// limit (a goroutine cannot be killed); past it the worker stops
+	// consuming, drains, and Run returns ErrAbandonedLimit so that a
+	// supervisor restarts the process, as Celery replaces a killed child.
+	// 0 means the concurrency; negative means no cap.
+	MaxAbandoned int
 	// Workflow continues chains, chords, callbacks and errbacks. Nil means
 	// a producer.Workflow publishing on this worker's broker, joining
 	// chords in the backend when it is a *results.Redis, and sending
@@ -136,9 +149,14 @@ type Worker struct {
 	active    atomic.Int64
 	processed atomic.Int64
 	abandoned atomic.Int64 // handlers left running after a hard time limit
+	hung      atomic.Int64 // of those, the ones still running
+	tooHung   chan struct{}
+	hungOnce  sync.Once
 
-	kill     chan struct{} // closed by Kill: cold shutdown
-	killOnce sync.Once
+	kill     chan struct{} // closed by the first Kill: cold shutdown
+	killNow  chan struct{} // closed by the second: no soft phase left
+	kills    atomic.Int32
+	cold     atomic.Bool // running handlers are being cancelled
 	taskCtx  context.Context // parent of every task's context; cancelled on cold shutdown
 	cancelTs context.CancelFunc
 
@@ -181,6 +199,8 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		log: cfg.Logger, pid: os.Getpid(),
 		concurrency: cfg.Concurrency,
 		kill:        make(chan struct{}),
+		killNow:     make(chan struct{}),
+		tooHung:     make(chan struct{}),
 		dlqDeclared: map[string]bool{},
 		track:       tracker{reqs: map[string]*tracked{}, total: map[string]int64{}},
 		revoked:     &revokedSet{ids: map[string]time.Time{}, max: cfg.RevokesMax, ttl: cfg.RevokeExpires},
@@ -193,6 +213,9 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 	}
 	if w.concurrency <= 0 {
 		w.concurrency = 4 * runtime.GOMAXPROCS(0)
+	}
+	if w.cfg.MaxAbandoned == 0 {
+		w.cfg.MaxAbandoned = w.concurrency
 	}
 	switch m := cfg.PrefetchMultiplier; {
 	case m < 0:
@@ -265,6 +288,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.eta.run(ctx)
 	}()
 
+	go func() {
+		select {
+		case <-w.tooHung:
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	w.dispatchLoop(ctx, deliveries)
 	w.consuming.Store(false)
 
@@ -288,23 +318,72 @@ func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-done:
 		w.log.Info("worker stopped", "processed", w.processed.Load())
-		return nil
+		return w.runErr()
 	case <-timer.C:
 	case <-w.kill:
+		if !w.softShutdown(done) {
+			w.log.Info("worker stopped", "processed", w.processed.Load())
+			return w.runErr()
+		}
 	}
-	// Cold shutdown: cancel running handlers; their late-ack messages are
-	// redelivered by the broker once the connection closes.
+	// Cold shutdown: cancel running handlers. What an interrupted task
+	// leaves is Celery's WorkerLostError path (see workerLost); a handler
+	// that ignores its context is given up on after a second, and the
+	// broker redelivers its late-ack message once the connection closes.
 	w.log.Warn("cold shutdown: cancelling running tasks", "active", w.active.Load())
+	w.cold.Store(true)
 	w.cancelTs()
 	select {
 	case <-done:
 	case <-time.After(time.Second):
 	}
-	return nil
+	return w.runErr()
 }
 
-// Kill turns a warm shutdown into a cold one (the second SIGTERM).
-func (w *Worker) Kill() { w.killOnce.Do(func() { close(w.kill) }) }
+// softShutdown is Celery 5.5's soft shutdown: before a cold shutdown
+// cancels anything, running tasks get SoftShutdownTimeout to finish. It
+// reports whether tasks are still running, so the cold phase must follow.
+func (w *Worker) softShutdown(done <-chan struct{}) (cold bool) {
+	soft := w.cfg.SoftShutdownTimeout
+	if soft <= 0 || (w.active.Load() == 0 && !w.cfg.SoftShutdownOnIdle) {
+		return true
+	}
+	w.log.Warn(fmt.Sprintf("Initiating Soft Shutdown, terminating in %g seconds", soft.Seconds()), "active", w.active.Load())
+	t := time.NewTimer(soft)
+	defer t.Stop()
+	select {
+	case <-done:
+		return false
+	case <-t.C:
+	case <-w.killNow:
+	}
+	return true
+}
+
+// ErrAbandonedLimit is returned by Run when more handlers than
+// Config.MaxAbandoned kept running past their hard time limit.
+var ErrAbandonedLimit = errors.New("consumer: too many handlers still running past their hard time limit; restart the worker")
+
+func (w *Worker) runErr() error {
+	select {
+	case <-w.tooHung:
+		return ErrAbandonedLimit
+	default:
+		return nil
+	}
+}
+
+// Kill turns a warm shutdown into a cold one (the second SIGTERM, or
+// Celery's SIGQUIT): after the soft phase, if one is configured, running
+// handlers are cancelled. A second Kill ends the soft phase at once.
+func (w *Worker) Kill() {
+	switch w.kills.Add(1) {
+	case 1:
+		close(w.kill)
+	case 2:
+		close(w.killNow)
+	}
+}
 
 // Stats are counters for inspect and metrics.
 type Stats struct {

@@ -1,0 +1,325 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
+)
+
+// A request whose message the broker has given back (its channel was
+// lost) is delivered again, so the copy in the worker must not run,
+// wherever it waits: for a free slot, for its ETA, or for its rate limit.
+// Before the fix each of these ran twice after a reconnect.
+func TestStaleRequestsDoNotRun(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// setup sends "victim" (tag "v") so that it waits, marks it stale,
+		// then lets it go on.
+		setup func(t *testing.T, b *fakeBroker, w *Worker, release chan struct{})
+	}{
+		{"waiting for a slot", func(t *testing.T, b *fakeBroker, _ *Worker, release chan struct{}) {
+			b.send(t, "blocker", msg("b1", "block"))
+			b.send(t, "v", msg("v1", "victim"))
+			time.Sleep(50 * time.Millisecond)
+			b.markStale("v")
+			close(release)
+		}},
+		{"held for its ETA", func(t *testing.T, b *fakeBroker, _ *Worker, release chan struct{}) {
+			close(release)
+			b.send(t, "v", &protocol.Message{ID: "v1", Task: "victim", ETA: time.Now().Add(300 * time.Millisecond)})
+			time.Sleep(50 * time.Millisecond)
+			b.markStale("v")
+		}},
+		{"waiting for its rate limit", func(t *testing.T, b *fakeBroker, w *Worker, release chan struct{}) {
+			close(release)
+			if err := w.SetRateLimit("victim", "2/s"); err != nil {
+				t.Fatal(err)
+			}
+			b.send(t, "first", msg("f1", "victim"))
+			b.waitEvent(t, "ack:first")
+			b.send(t, "v", msg("v1", "victim")) // waits ~0.5 s for a token
+			time.Sleep(100 * time.Millisecond)
+			b.markStale("v")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mux := NewMux()
+			release := make(chan struct{})
+			var ran atomic.Int32
+			mux.HandleFunc("block", func(ctx context.Context, r *Request) (any, error) { <-release; return nil, nil })
+			mux.HandleFunc("victim", func(ctx context.Context, r *Request) (any, error) {
+				if r.ID == "v1" {
+					ran.Add(1)
+				}
+				return nil, nil
+			})
+			b, be, w := startWorker(t, mux, Config{Concurrency: 1, PrefetchMultiplier: 4})
+			tc.setup(t, b, w, release)
+			time.Sleep(1500 * time.Millisecond)
+			if n := ran.Load(); n != 0 {
+				t.Fatalf("the stale copy ran %d times", n)
+			}
+			if st := be.statuses("v1"); len(st) != 0 {
+				t.Errorf("states stored for the stale copy: %v", st)
+			}
+			b.mu.Lock()
+			settled := slices.Contains(b.acks, "v")
+			_, rejected := b.rejects["v"]
+			b.mu.Unlock()
+			if settled || rejected {
+				t.Error("the stale copy was settled")
+			}
+			if s := w.Stats(); s.HeldETA != 0 || s.Reserved != 0 || s.Prefetch != 4 {
+				t.Errorf("stats after the drop = %+v, want nothing held and the base prefetch", s)
+			}
+		})
+	}
+}
+
+// Cold shutdown with a running late-ack task, as Celery settles a job
+// whose pool process died (WorkerLostError).
+func TestColdShutdownIsWorkerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		acksLate, rejectWL bool
+		wantEvent          string
+		wantStored         bool
+	}{
+		{"acks_late + reject_on_worker_lost: requeued, nothing stored", true, true, "reject:1:true", false},
+		{"acks_late: FAILURE WorkerLostError, acked", true, false, "ack:1", true},
+		{"early ack: FAILURE WorkerLostError", false, false, "ack:1", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mux := NewMux()
+			started := make(chan struct{})
+			mux.HandleFunc("long", func(ctx context.Context, r *Request) (any, error) {
+				close(started)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			})
+			b, be := newFakeBroker(), newFakeBackend()
+			w, err := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+				AcksLate: tc.acksLate, RejectOnWorkerLost: tc.rejectWL, ShutdownTimeout: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			b.send(t, "1", msg("l1", "long"))
+			<-started
+			cancel()
+			w.Kill()
+			b.waitEvent(t, tc.wantEvent)
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			st := be.statuses("l1")
+			if !tc.wantStored {
+				if len(st) != 0 {
+					t.Fatalf("stored %v, want nothing", st)
+				}
+				return
+			}
+			if !slices.Equal(st, []string{results.Failure}) {
+				t.Fatalf("stored %v, want one FAILURE", st)
+			}
+			be.mu.Lock()
+			exc := be.metas[0].Result.(*results.Exception)
+			be.mu.Unlock()
+			if exc.Type != "WorkerLostError" || exc.Module != "billiard.exceptions" {
+				t.Errorf("exception = %+v", exc)
+			}
+		})
+	}
+}
+
+// Soft shutdown (worker_soft_shutdown_timeout): Kill first lets running
+// tasks finish for the timeout; one that finishes in time succeeds, one
+// that does not is then interrupted and requeued; a second Kill skips
+// what is left of the wait.
+func TestSoftShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		taskTakes  time.Duration
+		secondKill bool
+		want       string
+	}{
+		{"finishes within the soft timeout", 100 * time.Millisecond, false, "ack:1"},
+		{"outlasts it: requeued", time.Hour, false, "reject:1:true"},
+		{"second kill cuts the wait", 200 * time.Millisecond, true, "reject:1:true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mux := NewMux()
+			started := make(chan struct{})
+			mux.HandleFunc("long", func(ctx context.Context, r *Request) (any, error) {
+				close(started)
+				select {
+				case <-time.After(tc.taskTakes):
+					return "done", nil
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			})
+			b, be := newFakeBroker(), newFakeBackend()
+			w, _ := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+				AcksLate: true, RejectOnWorkerLost: true, ShutdownTimeout: time.Hour,
+				SoftShutdownTimeout: 500 * time.Millisecond})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			b.send(t, "1", msg("l1", "long"))
+			<-started
+			cancel()
+			begin := time.Now()
+			w.Kill()
+			if tc.secondKill {
+				w.Kill()
+			}
+			b.waitEvent(t, tc.want)
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(begin)
+			switch {
+			case tc.want == "ack:1":
+				be.wait(t, "l1", results.Success)
+			case tc.secondKill && took > 400*time.Millisecond:
+				t.Errorf("second kill: shutdown took %v, want well under the 500 ms soft timeout", took)
+			case !tc.secondKill && took < 450*time.Millisecond:
+				t.Errorf("interrupted after %v, before the 500 ms soft timeout", took)
+			}
+		})
+	}
+}
+
+// Handlers left running past their hard limit are capped: past
+// MaxAbandoned the worker stops and Run says why, so a supervisor
+// restarts it instead of goroutines and connections growing without bound.
+func TestAbandonedHandlersAreCapped(t *testing.T) {
+	mux := NewMux()
+	hang := make(chan struct{})
+	defer close(hang)
+	mux.HandleFunc("hangs", func(ctx context.Context, r *Request) (any, error) { <-hang; return nil, nil },
+		TaskOptions{TimeLimit: 50 * time.Millisecond})
+	b, be := newFakeBroker(), newFakeBackend()
+	w, _ := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 2, MaxAbandoned: 2, ShutdownTimeout: time.Second})
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	for i, id := range []string{"h1", "h2", "h3"} {
+		b.send(t, string(rune('1'+i)), msg(id, "hangs"))
+		be.wait(t, id, results.Failure) // TimeLimitExceeded
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrAbandonedLimit) {
+			t.Fatalf("Run = %v, want ErrAbandonedLimit", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker kept running with 3 abandoned handlers, cap 2")
+	}
+	if s := w.Stats(); s.Abandoned != 3 {
+		t.Errorf("abandoned = %d", s.Abandoned)
+	}
+}
+
+// add_consumer starts a new Consume, which sets the base prefetch: the
+// raise for held ETA tasks must come back, or a window full of them
+// starves the pool (before the fix nothing more was delivered).
+func TestAddQueueKeepsTheETARaise(t *testing.T) {
+	mux := NewMux()
+	mux.HandleFunc("t", func(ctx context.Context, r *Request) (any, error) { return nil, nil })
+	b, _, w := startWorker(t, mux, Config{Concurrency: 1, PrefetchMultiplier: 1})
+	b.send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
+	waitTrue(t, "prefetch raised", func() bool { return b.lastPrefetch() == 2 })
+	if err := w.AddQueue(broker.Queue{Name: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := b.lastPrefetch(); p != 2 {
+		t.Fatalf("prefetch after add_consumer = %d, want 2 (1 + 1 held)", p)
+	}
+	if err := w.CancelQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	if p := w.Stats().Prefetch; p != 2 || b.lastPrefetch() != 2 {
+		t.Fatalf("prefetch after cancel_consumer = %d (broker %d), want 2", p, b.lastPrefetch())
+	}
+}
+
+// An unregistered task whose dead-letter move fails is requeued and comes
+// back: FAILURE is stored once, when the move lands, and a dead-letter
+// queue deleted under the worker is declared again.
+func TestUnknownTaskDeadLetterRetryStoresOnce(t *testing.T) {
+	b, be, _ := startWorker(t, NewMux(), Config{})
+	b.mu.Lock()
+	b.unroutable = 1 // as if q.unregistered had been deleted
+	b.mu.Unlock()
+	raw, err := protocol.Encode(msg("u1", "other.app.task"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.sendRaw("1", raw)
+	b.waitEvent(t, "reject:1:true") // requeued after the failed move
+	b.sendRaw("2", raw)             // the broker delivers it again
+	b.waitEvent(t, "ack:2")
+	time.Sleep(50 * time.Millisecond)
+	if st := be.statuses("u1"); !slices.Equal(st, []string{results.Failure}) {
+		t.Fatalf("stored %v, want FAILURE once", st)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, q := range b.declared {
+		if q == "q.unregistered" {
+			n++
+		}
+	}
+	if n != 2 || len(b.published) != 1 {
+		t.Errorf("declared q.unregistered %d times (want 2: again after it vanished), published %d", n, len(b.published))
+	}
+}
+
+// A retry keeps the request's parent and root, as Celery's
+// signature_from_request does, and drops RabbitMQ's x-death headers so
+// that its cycle detection does not drop the retried message.
+func TestRetryKeepsParentAndDropsDeathHeaders(t *testing.T) {
+	mux := NewMux()
+	mux.HandleFunc("flaky", func(ctx context.Context, r *Request) (any, error) {
+		return nil, Retry(time.Hour, errors.New("again"))
+	})
+	b, _, _ := startWorker(t, mux, Config{})
+	b.send(t, "1", &protocol.Message{ID: "t1", Task: "flaky", RootID: "root", ParentID: "parent",
+		Headers: map[string]any{"x-death": []any{map[string]any{"count": 1}}, "x-first-death-queue": "q", "mine": "kept"}})
+	b.waitEvent(t, "publish:q")
+	b.mu.Lock()
+	p := b.published[0]
+	b.mu.Unlock()
+	re, err := protocol.Decode(&p.Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if re.ParentID != "parent" || re.RootID != "root" {
+		t.Errorf("parent %q root %q, want the request's own", re.ParentID, re.RootID)
+	}
+	if _, ok := re.Headers["x-death"]; ok || re.Headers["x-first-death-queue"] != nil || re.Headers["mine"] != "kept" {
+		t.Errorf("headers = %v", re.Headers)
+	}
+}
+
+func waitTrue(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
