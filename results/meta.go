@@ -62,6 +62,12 @@ type Meta struct {
 	// StampedHeaders order. Stamps named like a meta key are not written.
 	StampedHeaders []string
 	Stamps         map[string]any
+
+	// ReplyTo and CorrelationID are the task message's reply_to and
+	// correlation_id properties: where the rpc:// backend ([RPC]) sends
+	// the state. They are never part of the encoded meta.
+	ReplyTo       string
+	CorrelationID string
 }
 
 // Ready reports whether m holds a final state.
