@@ -106,6 +106,16 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.StringVar(&c.Hostname, "n", "", "shorthand for --hostname")
 	fs.IntVar(&c.ETATaskLimit, "eta-task-limit", 10000, "most ETA tasks held in memory (worker_eta_task_limit)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "warm shutdown: wait this long for running tasks")
+	fs.Func("soft-shutdown-timeout", "cold shutdown: first wait this many seconds for running tasks, then cancel them (worker_soft_shutdown_timeout; 0 = off)", func(v string) error {
+		sec, err := strconv.ParseFloat(v, 64)
+		if err != nil || sec < 0 {
+			return fmt.Errorf("want seconds >= 0, got %q", v)
+		}
+		c.SoftShutdownTimeout = time.Duration(sec * float64(time.Second))
+		return nil
+	})
+	fs.BoolVar(&c.SoftShutdownOnIdle, "enable-soft-shutdown-on-idle", false, "run the soft shutdown phase even when no task is running (worker_enable_soft_shutdown_on_idle)")
+	fs.IntVar(&c.MaxAbandoned, "max-abandoned", 0, "handlers still running past their hard time limit before the worker exits non-zero for a restart (default: the concurrency; -1 = no cap)")
 	fs.StringVar(&c.DefaultQueue, "default-queue", "celery", "queue for workflow steps (chain, callbacks, chord body) that name none (task_default_queue)")
 	fs.StringVar(&c.DeadLetterExchange, "dead-letter-exchange", "", "exchange for dead-lettered messages (default: queue <queue>.<reason>)")
 	fs.IntVar(&o.MaxPriority, "max-priority", 0, "declare queues with x-max-priority (task_queue_max_priority)")
@@ -292,8 +302,14 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 			return
 		}
 		sig := <-sigs
-		log.Warn("cold shutdown", "signal", sig.String())
+		log.Warn("cold shutdown (signal again to skip the soft shutdown phase)", "signal", sig.String())
 		w.Kill()
+		select {
+		case sig := <-sigs:
+			log.Warn("cancelling running tasks now", "signal", sig.String())
+			w.Kill()
+		case <-runCtx.Done():
+		}
 	}()
 	return w.Run(runCtx)
 }
