@@ -352,8 +352,23 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 	if len(o.LinkError) > 0 {
 		setOpt(&body, "link_error", sigList(o.LinkError))
 	}
-	setOpt(&body, "group_id", gid)
+	if o.GroupID != "" && o.Chord != nil {
+		// A chord inside another chord's header (or a group in it) is a
+		// member through its body: the body reports to the outer chord,
+		// as Celery's chord.freeze(group_id=..., chord=...) sets it up.
+		setOpt(&body, "group_id", o.GroupID)
+		if o.GroupIndex != nil {
+			setOpt(&body, "group_index", *o.GroupIndex)
+		}
+		setOpt(&body, "chord", o.Chord.Map())
+	} else {
+		setOpt(&body, "group_id", gid)
+	}
 	bodyRes := p.AsyncResult(body.ID())
+	header, err := unrollHeader(header)
+	if err != nil {
+		return nil, err
+	}
 	if len(header) == 0 {
 		bo, err := optionsOf(body.Options)
 		if err != nil {
@@ -367,7 +382,15 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 	if !ok {
 		return nil, ErrChordNeedsBackend
 	}
-	if err := cs.SetChordSize(ctx, gid, len(header)); err != nil {
+	size := 0
+	for _, t := range header {
+		n, err := chordCount(t)
+		if err != nil {
+			return nil, err
+		}
+		size += n
+	}
+	if err := cs.SetChordSize(ctx, gid, size); err != nil {
 		return nil, err
 	}
 	ho := Options{TaskID: gid, RootID: o.RootID, ParentID: o.ParentID, Priority: o.Priority, Chord: &body}
@@ -375,6 +398,88 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 		return nil, err
 	}
 	return bodyRes, nil
+}
+
+// unrollHeader flattens the groups nested in a chord header into one list
+// of members, in the order Celery 5.7's group._freeze_unroll gives them
+// (and so their group_index): a nested group's tasks are pushed back onto
+// the front of the queue with deque.extendleft, which reverses them.
+// Empty chains are dropped, as Celery drops them (issue #9772).
+func unrollHeader(tasks []protocol.Signature) ([]protocol.Signature, error) {
+	stack := append([]protocol.Signature(nil), tasks...)
+	out := make([]protocol.Signature, 0, len(tasks))
+	for len(stack) > 0 {
+		t := stack[0]
+		stack = stack[1:]
+		switch t.SubtaskType {
+		case protocol.SubtaskGroup:
+			inner, err := t.Tasks()
+			if err != nil {
+				return nil, err
+			}
+			front := make([]protocol.Signature, 0, len(inner)+len(stack))
+			for i := len(inner) - 1; i >= 0; i-- {
+				front = append(front, inner[i])
+			}
+			stack = append(front, stack...)
+			continue
+		case protocol.SubtaskChain:
+			inner, err := t.Tasks()
+			if err != nil {
+				return nil, err
+			}
+			if len(inner) == 0 {
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// chordCount is how many parts a header member reports to its chord, as
+// Celery 5.7's _chord._descend counts them for the chord size: every task
+// of a group, a chain's last step that counts, a chord's body, one for a
+// task.
+func chordCount(s protocol.Signature) (int, error) {
+	switch s.SubtaskType {
+	case protocol.SubtaskGroup:
+		tasks, err := s.Tasks()
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, t := range tasks {
+			c, err := chordCount(t)
+			if err != nil {
+				return 0, err
+			}
+			n += c
+		}
+		return n, nil
+	case protocol.SubtaskChain:
+		tasks, err := s.Tasks()
+		if err != nil {
+			return 0, err
+		}
+		for i := len(tasks) - 1; i >= 0; i-- {
+			c, err := chordCount(tasks[i])
+			if err != nil {
+				return 0, err
+			}
+			if c > 0 {
+				return c, nil
+			}
+		}
+		return 0, nil
+	case protocol.SubtaskChord:
+		body, err := s.Body()
+		if err != nil {
+			return 0, err
+		}
+		return chordCount(body)
+	}
+	return 1, nil
 }
 
 // optionsOf reads apply_async options from a signature's options dict.
