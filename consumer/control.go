@@ -434,13 +434,3 @@ func (w *Worker) Started() time.Time {
 	defer w.runMu.Unlock()
 	return w.started
 }
-
-// Shutdown starts a warm shutdown, as Celery's shutdown command does.
-func (w *Worker) Shutdown() {
-	w.runMu.Lock()
-	stop := w.stop
-	w.runMu.Unlock()
-	if stop != nil {
-		stop()
-	}
-}

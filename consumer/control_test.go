@@ -166,6 +166,6 @@ func TestShutdownCommand(t *testing.T) {
 	mux := NewMux()
 	_, _, w := startWorker(t, mux, Config{})
 	waitFor(t, "consuming", w.Consuming)
-	w.Shutdown()
+	go func() { _ = w.Shutdown(context.Background()) }()
 	waitFor(t, "stopped consuming", func() bool { return !w.Consuming() })
 }

@@ -396,8 +396,12 @@ func (w *Worker) republish(j *job, eta time.Time, re *RetryError) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Same destination: on the default exchange the routing key is the queue.
+	exchange, key := j.d.Exchange, j.d.RoutingKey
+	if w.cfg.RetryRoute != nil { // native delayed delivery (quorum queues)
+		exchange, key = w.cfg.RetryRoute(j.d, eta)
+	}
 	return w.broker.Publish(ctx, broker.Publishing{
-		Raw: *raw, Exchange: j.d.Exchange, RoutingKey: j.d.RoutingKey, Mandatory: true,
+		Raw: *raw, Exchange: exchange, RoutingKey: key, Mandatory: true,
 	})
 }
 

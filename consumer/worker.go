@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/internal/lifecycle"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
@@ -128,6 +129,11 @@ type Config struct {
 	// Decoder sets message limits.
 	Decoder protocol.Decoder
 	Logger  *slog.Logger
+	// RetryRoute, when set, chooses where a retry with this ETA is
+	// published instead of the delivery's exchange and routing key
+	// (package worker sends countdowns on quorum queues through native
+	// delayed delivery, as Celery >= 5.5 does).
+	RetryRoute func(d *broker.Delivery, eta time.Time) (exchange, routingKey string)
 }
 
 // Worker consumes and runs tasks. Create it with New, run it with Run.
@@ -168,10 +174,14 @@ type Worker struct {
 	revoked *revokedSet
 	limits  taskLimits
 
-	runMu   sync.Mutex         // guards started and stop
-	started time.Time          // when Run began
-	stop    context.CancelFunc // Shutdown: ends Run warmly
+	life    lifecycle.Guard
+	runMu   sync.Mutex // guards started
+	started time.Time  // when Run began
 }
+
+// ErrWorkerClosed is returned by Run on a worker that has run already or
+// was shut down: a Worker runs once; make another with New.
+var ErrWorkerClosed = errors.New("consumer: worker already ran or was shut down")
 
 // New returns a worker for the tasks registered on mux.
 func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
@@ -239,16 +249,43 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 	return w, nil
 }
 
+// Shutdown stops the worker as http.Server.Shutdown stops a server: it
+// begins a warm shutdown (consuming stops, held and prefetched messages go
+// back to the broker, running tasks finish) and waits for Run to return.
+// If ctx ends first, or Config.ShutdownTimeout does, the shutdown turns
+// cold as Kill does (the soft phase, if configured, then running tasks
+// are interrupted: see Config.RejectOnWorkerLost), Shutdown waits for Run
+// to return and reports ctx's error. A worker that never ran is closed:
+// its Run returns ErrWorkerClosed.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	if !w.life.RequestStop() {
+		return nil
+	}
+	select {
+	case <-w.life.Done():
+		return nil
+	case <-ctx.Done():
+	}
+	w.Kill()
+	<-w.life.Done()
+	return ctx.Err()
+}
+
 // Run consumes until ctx is done, then shuts down warmly: it stops
 // consuming, returns held and prefetched messages to the broker, and waits
 // up to ShutdownTimeout for running tasks (Kill cuts the wait short). It
 // returns nil after a clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
+	if !w.life.Start() {
+		return ErrWorkerClosed
+	}
+	defer w.life.Stop()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	w.runMu.Lock()
-	w.stop, w.started = stop, time.Now()
+	w.started = time.Now()
 	w.runMu.Unlock()
+	w.life.OnStop(stop)
 	if w.cfg.RevokedStore != nil {
 		ids, err := w.cfg.RevokedStore.Load(ctx)
 		if err != nil {

@@ -104,10 +104,11 @@ func (f *fakeWorker) SetRateLimit(task, limit string) error {
 	f.rate[task] = limit
 	return nil
 }
-func (f *fakeWorker) Shutdown() {
+func (f *fakeWorker) Shutdown(context.Context) error {
 	f.mu.Lock()
 	f.shutdown = true
 	f.mu.Unlock()
+	return nil
 }
 
 func startNodes(t *testing.T, l *loopback, names ...string) map[string]*fakeWorker {

@@ -47,7 +47,9 @@ type Worker interface {
 	AddQueue(q broker.Queue) error
 	CancelQueue(name string) error
 	Queues() []broker.Queue
-	Shutdown()
+	// Shutdown stops the worker warmly (the remote shutdown command does
+	// not wait for it).
+	Shutdown(ctx context.Context) error
 }
 
 // EventSwitch turns task events on and off; *events.Dispatcher provides it.
@@ -285,7 +287,7 @@ func (n *Node) dispatch(ctx context.Context, req *Request) (reply any, send bool
 		return ok("no longer consuming from " + name), true
 	case "shutdown":
 		n.log.Warn("control: shutdown requested by remote", "msg", a["msg"])
-		w.Shutdown()
+		go func() { _ = w.Shutdown(context.WithoutCancel(ctx)) }()
 		return nil, false
 	case "enable_events", "disable_events":
 		if n.cfg.Events == nil {
