@@ -208,3 +208,7 @@ func (ls *Lease) Release(ctx context.Context) error {
 	<-ls.done
 	return releaseScript.Run(ctx, ls.lock.rdb, []string{ls.lock.key}, ls.Token).Err()
 }
+
+// ErrSchedulerClosed is returned by Run on a Scheduler that has run
+// already: each runs once.
+var ErrSchedulerClosed = errors.New("beat: scheduler already ran")

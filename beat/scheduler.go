@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gocelery/gocelery/internal/lifecycle"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
 )
@@ -99,6 +100,7 @@ type SendEvent struct {
 // publish that fails (broker down) is retried every second with the same
 // task id until it goes through or a later run of the entry replaces it.
 type Scheduler struct {
+	life   lifecycle.Guard
 	rdb    redis.UniversalClient
 	store  *Store
 	lock   *Lock
@@ -144,6 +146,10 @@ func (s *Scheduler) Store() *Store { return s.store }
 // leads while it holds it, and waits again if it loses it. It releases
 // the lock on return.
 func (s *Scheduler) Run(ctx context.Context) error {
+	if !s.life.Start() {
+		return ErrSchedulerClosed
+	}
+	defer s.life.Stop()
 	for {
 		lease, err := s.lock.Acquire(ctx)
 		if err != nil {

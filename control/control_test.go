@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -234,4 +235,26 @@ func FuzzParseRequest(f *testing.F) {
 			_ = r.For("node@host")
 		}
 	})
+}
+
+// A Node runs once: a second Run returns ErrNodeClosed.
+func TestNodeRunsOnce(t *testing.T) {
+	l := &loopback{queues: map[string]*boundQueue{}}
+	n := NewNode(l, &fakeWorker{name: "once@test", rate: map[string]string{}}, NodeConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	time.Sleep(20 * time.Millisecond)
+	if err := n.Run(context.Background()); !errors.Is(err, ErrNodeClosed) {
+		t.Fatalf("Run while running = %v", err)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if err := n.Run(context.Background()); !errors.Is(err, ErrNodeClosed) {
+		t.Fatalf("Run after Run = %v", err)
+	}
 }

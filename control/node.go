@@ -15,6 +15,7 @@ import (
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/events"
+	"github.com/gocelery/gocelery/internal/lifecycle"
 	"github.com/gocelery/gocelery/protocol"
 )
 
@@ -81,10 +82,14 @@ type BrokerInfo struct {
 	VHost     string
 }
 
+// ErrNodeClosed is returned by Run on a Node that has run already: each runs once.
+var ErrNodeClosed = errors.New("control: already ran")
+
 // Node answers remote control for one worker: the background component
 // that consumes <hostname>.celery.pidbox. Create it with NewNode, run it
 // with Run.
 type Node struct {
+	life  lifecycle.Guard
 	t     Transport
 	w     Worker
 	cfg   NodeConfig
@@ -110,6 +115,10 @@ func NewNode(t Transport, w Worker, cfg NodeConfig) *Node {
 
 // Run consumes the node's queue and answers until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
+	if !n.life.Start() {
+		return ErrNodeClosed
+	}
+	defer n.life.Stop()
 	for _, ex := range []broker.Exchange{
 		{Name: n.cfg.Exchange, Kind: "fanout", Transient: true},
 		{Name: "reply." + n.cfg.Exchange, Kind: "direct", Transient: true},

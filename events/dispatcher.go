@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/internal/lifecycle"
 	"github.com/gocelery/gocelery/protocol"
 )
 
@@ -65,11 +67,15 @@ const maxBatch = 256
 // monitoring must never take the worker's memory.
 const maxBuffered = 10000
 
+// ErrDispatcherClosed is returned by Run on a Dispatcher that has run already: each runs once.
+var ErrDispatcherClosed = errors.New("events: already ran")
+
 // Dispatcher sends a worker's events: it is the background component that
 // announces the worker (online, heartbeat, offline) and, as a
 // consumer.Observer, batches task events. Create it with New, run it with
 // Run.
 type Dispatcher struct {
+	life  lifecycle.Guard
 	p     Publisher
 	cfg   Config
 	clock *Clock
@@ -137,6 +143,10 @@ func (d *Dispatcher) SetTaskEvents(on bool) (changed bool) {
 // HeartbeatInterval and task event batches as they fill, until ctx ends;
 // then it sends what is left and worker-offline.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	if !d.life.Start() {
+		return ErrDispatcherClosed
+	}
+	defer d.life.Stop()
 	ex := broker.Exchange{Name: d.cfg.Exchange, Kind: d.cfg.ExchangeKind}
 	if err := d.p.DeclareExchange(ctx, ex); err != nil {
 		return fmt.Errorf("events: declare exchange %q: %w", ex.Name, err)

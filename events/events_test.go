@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"sync"
@@ -206,3 +207,19 @@ type discard struct{ n atomic.Int64 }
 
 func (*discard) DeclareExchange(context.Context, broker.Exchange) error { return nil }
 func (d *discard) Publish(context.Context, broker.Publishing) error     { d.n.Add(1); return nil }
+
+// A Dispatcher runs once: a second Run returns ErrDispatcherClosed.
+func TestDispatcherRunsOnce(t *testing.T) {
+	d := New(&discard{}, Config{Hostname: "go@once", HeartbeatInterval: time.Hour, FlushInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Run(context.Background()); !errors.Is(err, ErrDispatcherClosed) {
+		t.Fatalf("second Run = %v", err)
+	}
+}
