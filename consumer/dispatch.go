@@ -243,6 +243,10 @@ func (w *Worker) finish(r *Request, m *results.Meta, store bool) {
 	if !r.hasWorkflow() {
 		return
 	}
+	if w.cfg.Workflow == nil {
+		w.log.Error("Workflow after task not continued", "task", r.Name(), "id", r.ID, "state", m.Status, "err", ErrNoWorkflow)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := w.cfg.Workflow.Finished(ctx, r.Message, m.Status, m.Result); err != nil {

@@ -165,10 +165,17 @@ func (w *Worker) succeeded(r *Request, value any) error {
 	if len(m.Callbacks) == 0 && len(m.Chain) == 0 {
 		return nil
 	}
+	if w.cfg.Workflow == nil {
+		return ErrNoWorkflow
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return w.cfg.Workflow.Succeeded(ctx, m, value)
 }
+
+// ErrNoWorkflow fails a task whose message carries a workflow (chain,
+// callbacks, chord) on a worker configured without Config.Workflow.
+var ErrNoWorkflow = errors.New("consumer: the task has a chain, callbacks or a chord, but the worker has no Workflow to continue them (Config.Workflow; package worker sets it)")
 
 // exception maps a handler error to the Python exception stored.
 func (w *Worker) exception(j *job, err error) *results.Exception {

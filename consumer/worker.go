@@ -17,7 +17,6 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/internal/lifecycle"
-	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
 )
@@ -109,13 +108,14 @@ type Config struct {
 	// supervisor restarts the process, as Celery replaces a killed child.
 	// 0 means the concurrency; negative means no cap.
 	MaxAbandoned int
-	// Workflow continues chains, chords, callbacks and errbacks. Nil means
-	// a producer.Workflow publishing on this worker's broker, joining
-	// chords in the backend when it is a *results.Redis, and sending
-	// steps without a queue of their own to DefaultQueue.
+	// Workflow continues chains, chords, callbacks and errbacks; package
+	// worker sets it to producer.NewWorkerWorkflow on this worker's broker
+	// and backend. With none, a task that has a workflow fails with
+	// ErrNoWorkflow rather than drop its next steps.
 	Workflow Workflow
 	// DefaultQueue is task_default_queue for the tasks a workflow sends;
-	// "" means "celery".
+	// "" means "celery". Package worker passes it to the Workflow it
+	// builds.
 	DefaultQueue string
 	// Observers are told every task event (events for Flower, metrics).
 	Observers []Observer
@@ -234,15 +234,6 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		w.prefetch = w.concurrency * 4
 	default:
 		w.prefetch = w.concurrency * m
-	}
-	if cfg.Workflow == nil {
-		var pb producer.Backend
-		var cb producer.ChordBackend
-		if rb, ok := backend.(*results.Redis); ok && rb != nil {
-			pb, cb = rb, rb
-		}
-		p := producer.New(b, pb, producer.Config{DefaultQueue: cfg.DefaultQueue, Origin: cfg.Hostname})
-		w.cfg.Workflow = producer.NewWorkflow(p, cb, cfg.Logger)
 	}
 	w.jobs = make(chan *job)
 	w.eta = newETAHeld(w)

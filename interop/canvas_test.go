@@ -165,9 +165,10 @@ func startGoWorker(t *testing.T, ctx context.Context, b producer.Broker, backend
 	}
 	mux := consumer.NewMux()
 	tasks.Setup(mux, backend)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	w, err := consumer.New(cb, backend, mux, consumer.Config{
-		Queues: []broker.Queue{{Name: queue}}, DefaultQueue: queue, Concurrency: 8,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Queues: []broker.Queue{{Name: queue}}, Concurrency: 8, Logger: logger,
+		Workflow: producer.NewWorkerWorkflow(cb, backend, producer.Config{DefaultQueue: queue}, logger),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ import (
 	"github.com/gocelery/gocelery/control"
 	"github.com/gocelery/gocelery/events"
 	"github.com/gocelery/gocelery/metrics"
+	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
 )
 
@@ -225,6 +226,10 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	if setup != nil {
 		setup(mux, rb)
 	}
+	if o.Config.Hostname == "" {
+		host, _ := os.Hostname()
+		o.Config.Hostname = "gocelery@" + host // as consumer.New would; the workflow and events need it too
+	}
 	clock := &events.Clock{}
 	var dispatcher *events.Dispatcher
 	if !o.WithoutHeartbeat {
@@ -245,6 +250,10 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	}
 	if o.StateDB != "" {
 		o.Config.RevokedStore = &fileRevokedStore{path: o.StateDB}
+	}
+	if o.Config.Workflow == nil {
+		o.Config.Workflow = producer.NewWorkerWorkflow(b, backend,
+			producer.Config{DefaultQueue: o.Config.DefaultQueue, Origin: o.Config.Hostname}, log)
 	}
 	w, err := consumer.New(b, backend, mux, o.Config)
 	if err != nil {

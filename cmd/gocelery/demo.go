@@ -21,6 +21,7 @@ import (
 	brokerredis "github.com/gocelery/gocelery/broker/redis"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/interop/tasks"
+	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
 )
@@ -84,6 +85,7 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 	w, err := consumer.New(b, backend, mux, consumer.Config{
 		Queues: []broker.Queue{{Name: demoQueue}}, Concurrency: 4,
 		TrackStarted: true, ResultExtended: true, Logger: log, ShutdownTimeout: 5 * time.Second,
+		Workflow: producer.NewWorkerWorkflow(b, backend, producer.Config{DefaultQueue: demoQueue}, log),
 	})
 	if err != nil {
 		return err
