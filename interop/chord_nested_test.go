@@ -47,12 +47,12 @@ func TestGoNestedChord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() }) // after the worker stops
 	backend, err := results.OpenRedis(nestedBackendURL, results.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer backend.Close()
+	t.Cleanup(func() { backend.Close() })
 	startGoWorker(t, ctx, b, backend, goq)
 
 	for _, w := range []struct{ name, queue, prefix string }{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -182,8 +183,17 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 	if w.backend == nil {
 		return errors.New("chord part: no result backend")
 	}
-	j, err := w.backend.ChordPartReturn(ctx, results.ChordPart{
+	// One token for every attempt: a retry after a lost reply keeps the
+	// dispatch claim its first attempt may have taken.
+	part := results.ChordPart{
 		GroupID: m.Group, TaskID: m.ID, GroupIndex: m.GroupIndex, State: state, Result: result,
+		Token: results.NewChordToken(),
+	}
+	var j *results.ChordJoin
+	err := w.retry(ctx, m.Group, "recording the chord part", func() error {
+		var err error
+		j, err = w.backend.ChordPartReturn(ctx, part)
+		return err
 	})
 	if err != nil || !j.Complete {
 		return err
@@ -192,21 +202,87 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 	if exc := j.Err(); exc != nil {
 		w.log.Error("Chord failed", "group", m.Group, "error", exc.Error())
 		err := w.chordError(ctx, body, exc)
-		return errors.Join(err, w.backend.ChordFailed(ctx, m.Group))
+		return errors.Join(err, w.retry(ctx, m.Group, "dropping the failed chord's size", func() error {
+			return w.backend.ChordFailed(ctx, m.Group)
+		}))
 	}
-	if err := w.backend.ChordExtendClaim(ctx, j, 0); err != nil {
+	err = w.retry(ctx, m.Group, "extending the dispatch claim", func() error {
+		return w.backend.ChordExtendClaim(ctx, j, 0)
+	})
+	if errors.Is(err, results.ErrChordClaimLost) {
 		w.log.Warn("Chord body not published: the dispatch claim is no longer ours", "group", m.Group)
 		return nil
+	}
+	if err != nil {
+		return err
 	}
 	_, err = w.p.Apply(ctx, body, []any{j.Values()})
 	if err != nil {
 		w.log.Error("Chord callback could not be published", "group", m.Group, "error", err)
 		err = w.chordError(ctx, body, results.ChordError(fmt.Sprintf("Callback error: %s", err)))
 	}
-	if derr := w.backend.ChordDone(ctx, j); derr != nil {
-		w.log.Warn("Chord claim lost before cleanup; its keys are left to expire", "group", m.Group)
+	// The "done" marker the cleanup leaves is what turns a late copy of a
+	// header task into a no-op instead of a second body: retry it too.
+	derr := w.retry(ctx, m.Group, "cleaning up the chord", func() error { return w.backend.ChordDone(ctx, j) })
+	if derr != nil {
+		w.log.Warn("Chord cleanup failed; its keys are left to expire", "group", m.Group, "error", derr)
 	}
 	return err
+}
+
+// ErrJoinUnavailable is returned by Workflow.Finished when the result
+// backend stayed unreachable through every retry of the chord join: the
+// part may not be recorded and the body not published. The message of
+// the task should be left for redelivery (not acked) if it still can be;
+// running the task again records its part once.
+var ErrJoinUnavailable = errors.New("producer: chord join: result backend unavailable")
+
+// Chord join retries, for a backend that drops connections or fails over:
+// from joinRetryFirst, doubling up to joinRetryMax between attempts, for
+// joinRetryFor or until the caller's deadline less joinRetryMargin (left
+// for publishing the body).
+const (
+	joinRetryFirst  = 50 * time.Millisecond
+	joinRetryMax    = time.Second
+	joinRetryFor    = 20 * time.Second
+	joinRetryMargin = 2 * time.Second
+)
+
+// retry runs op until it succeeds, fails for a reason other than an
+// unreachable backend (results.ErrUnavailable), or the retry budget is
+// spent; then the error wraps ErrJoinUnavailable. Every chord operation
+// is safe to repeat (the part is recorded once per task id and index, the
+// claim is matched by token).
+func (w *Workflow) retry(ctx context.Context, group, what string, op func() error) error {
+	deadline := time.Now().Add(joinRetryFor)
+	if d, ok := ctx.Deadline(); ok && d.Add(-joinRetryMargin).Before(deadline) {
+		deadline = d.Add(-joinRetryMargin)
+	}
+	delay := joinRetryFirst
+	for attempt := 1; ; attempt++ {
+		err := op()
+		if err == nil || !errors.Is(err, results.ErrUnavailable) {
+			if err == nil && attempt > 1 {
+				w.log.Info("Chord join: the result backend answered again", "group", group, "step", what, "attempts", attempt)
+			}
+			return err
+		}
+		if attempt == 1 {
+			w.log.Warn("Chord join: result backend unavailable, retrying", "group", group, "step", what, "error", err)
+		}
+		if time.Until(deadline) < delay {
+			w.log.Error("Chord join: result backend unavailable, giving up", "group", group, "step", what, "attempts", attempt, "error", err)
+			return fmt.Errorf("%w: %s of %s after %d attempts: %w", ErrJoinUnavailable, what, group, attempt, err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: %s of %s: %w", ErrJoinUnavailable, what, group, errors.Join(err, ctx.Err()))
+		}
+		delay = min(delay*2, joinRetryMax)
+	}
 }
 
 // chordError fails a chord body that will not run: FAILURE on its id, its

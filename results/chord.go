@@ -26,7 +26,9 @@ const (
 // arguments, so Go and Python workers can take turns completing one chord:
 // it records a header result once per task id and index, and the call
 // that completes the chord takes the dispatch claim (<group key>.c) in the
-// same step, so exactly one worker publishes the body.
+// same step, so exactly one worker publishes the body. One addition: a
+// call with the token that already holds the claim gets it again, so a
+// retry after a lost reply is not locked out by its own first call.
 var chordPartScript = redis.NewScript(`
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -64,6 +66,10 @@ local size = redis.call('GET', skey)
 local claimed = 0
 if size and readycount == tonumber(size) + tonumber(totaldiff or 0) then
     if redis.call('SET', ckey, claim_token, 'NX', 'EX', claim_expires) then
+        claimed = 1
+    elseif redis.call('GET', ckey) == claim_token then
+        -- A retry whose first call took the claim but lost the reply.
+        redis.call('EXPIRE', ckey, claim_expires)
         claimed = 1
     end
 end
@@ -108,6 +114,35 @@ type ChordPart struct {
 	State      string
 	// Result is the return value, or the exception for exception states.
 	Result any
+	// Token is the dispatch claim token ("" for a new one). A caller that
+	// retries a part after an error passes the same token every time: the
+	// claim a call took before its reply was lost is then still its own.
+	Token string
+}
+
+// ErrUnavailable marks a chord operation that failed because Redis could
+// not be reached or did not answer (a dropped connection, a timeout, a
+// server loading or failing over): the same call may succeed if retried.
+// Every chord operation is safe to retry with the same arguments.
+var ErrUnavailable = errors.New("results: backend unavailable")
+
+// unavailable wraps err with ErrUnavailable when it is a network or
+// transient server error.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, redis.ErrClosed) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) && !errors.Is(err, context.DeadlineExceeded) {
+		msg := rerr.Error()
+		for _, p := range []string{"LOADING ", "BUSY ", "TRYAGAIN ", "MASTERDOWN ", "READONLY ", "CLUSTERDOWN "} {
+			if strings.HasPrefix(msg, p) {
+				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+		}
+		return err // the server answered: retrying gets the same answer
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
 // ChordResult is one header result, as the join read it back.
@@ -192,11 +227,14 @@ func (r *Redis) ChordPartReturn(ctx context.Context, p ChordPart) (*ChordJoin, e
 	gkey := r.GroupKey(p.GroupID)
 	keys := []string{gkey + ".j", gkey + ".t", gkey + ".s", gkey + ".d", gkey, gkey + ".c"}
 	expires := int64(r.expires.Seconds())
-	token := strings.ReplaceAll(uuid.NewString(), "-", "")
+	token := p.Token
+	if token == "" {
+		token = NewChordToken()
+	}
 	res, err := chordPartScript.Run(ctx, r.client, keys,
 		p.TaskID, encoded, "1", score, expires, expires, chordClaimSeconds, token).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("results: chord part %s of %s: %w", p.TaskID, p.GroupID, err)
+		return nil, fmt.Errorf("results: chord part %s of %s: %w", p.TaskID, p.GroupID, unavailable(err))
 	}
 	j := &ChordJoin{GroupID: p.GroupID, token: token}
 	if len(res) != 4 {
@@ -210,7 +248,7 @@ func (r *Redis) ChordPartReturn(ctx context.Context, p ChordPart) (*ChordJoin, e
 	}
 	members, err := r.client.ZRange(ctx, gkey+".j", 0, -1).Result()
 	if err != nil {
-		return nil, fmt.Errorf("results: reading chord %s: %w", p.GroupID, err)
+		return nil, fmt.Errorf("results: reading chord %s: %w", p.GroupID, unavailable(err))
 	}
 	j.Results = make([]ChordResult, 0, len(members))
 	for _, m := range members {
@@ -223,6 +261,10 @@ func (r *Redis) ChordPartReturn(ctx context.Context, p ChordPart) (*ChordJoin, e
 	j.Complete = true
 	return j, nil
 }
+
+// NewChordToken returns a new dispatch claim token for ChordPart.Token,
+// in Celery's form (uuid4().hex).
+func NewChordToken() string { return strings.ReplaceAll(uuid.NewString(), "-", "") }
 
 func decodeChordMember(data []byte) (ChordResult, error) {
 	v, err := decodePayload(data)
@@ -255,7 +297,7 @@ func (r *Redis) ChordExtendClaim(ctx context.Context, j *ChordJoin, seconds int)
 	gkey := r.GroupKey(j.GroupID)
 	n, err := chordExtendScript.Run(ctx, r.client, []string{gkey + ".c", gkey + ".s"}, j.token, max(seconds, chordClaimSeconds)).Int()
 	if err != nil {
-		return fmt.Errorf("results: chord %s claim: %w", j.GroupID, err)
+		return fmt.Errorf("results: chord %s claim: %w", j.GroupID, unavailable(err))
 	}
 	if n != 1 {
 		return ErrChordClaimLost
@@ -270,7 +312,7 @@ func (r *Redis) ChordDone(ctx context.Context, j *ChordJoin) error {
 	n, err := chordCleanupScript.Run(ctx, r.client,
 		[]string{gkey + ".c", gkey + ".j", gkey + ".t", gkey + ".s", gkey + ".d"}, j.token, chordDoneSeconds).Int()
 	if err != nil {
-		return fmt.Errorf("results: chord %s cleanup: %w", j.GroupID, err)
+		return fmt.Errorf("results: chord %s cleanup: %w", j.GroupID, unavailable(err))
 	}
 	if n != 1 {
 		return ErrChordClaimLost
@@ -281,5 +323,8 @@ func (r *Redis) ChordDone(ctx context.Context, j *ChordJoin) error {
 // ChordFailed drops the chord size after the body was failed, as Celery
 // does, so a late copy of a header task does not fail the chord again.
 func (r *Redis) ChordFailed(ctx context.Context, groupID string) error {
-	return r.client.Del(ctx, r.GroupKey(groupID)+".s").Err()
+	if err := r.client.Del(ctx, r.GroupKey(groupID)+".s").Err(); err != nil {
+		return fmt.Errorf("results: chord %s: %w", groupID, unavailable(err))
+	}
+	return nil
 }
