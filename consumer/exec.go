@@ -136,6 +136,8 @@ func (w *Worker) execute(j *job) {
 		settleLate(true, false)
 	case errors.Is(o.err, ErrIgnore):
 		settleLate(true, false)
+	case isReplace(o.err): // Task.replace: see replace.go
+		w.replaced(j, o.err, ignore, acksLate)
 	case errors.As(o.err, &rejectErr):
 		w.log.Info("Task rejected", "task", r.Name(), "id", r.ID, "requeue", rejectErr.Requeue, "reason", rejectErr.Reason)
 		w.observe(TaskRejected, r, func(e *TaskEvent) { e.Requeue = rejectErr.Requeue })

@@ -546,6 +546,9 @@ func optionsOf(m map[string]any) (Options, error) {
 	o.Shadow = str("shadow")
 	o.RootID, o.ParentID = str("root_id"), str("parent_id")
 	o.GroupID = str("group_id")
+	if n, ok := number(m["replaced_task_nesting"]); ok {
+		o.ReplacedTaskNesting = int(n)
+	}
 	if n, ok := number(m["group_index"]); ok {
 		i := int(n)
 		o.GroupIndex = &i

@@ -129,6 +129,9 @@ type Options struct {
 	// memory only (lost if the broker restarts), for several times the
 	// publish rate of persistent messages.
 	Transient bool
+	// ReplacedTaskNesting is the replaced_task_nesting header: how many
+	// times the task's predecessors were replaced (Task.replace).
+	ReplacedTaskNesting int
 }
 
 func deliveryMode(o *Options) int {
@@ -259,7 +262,7 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 		ETA: o.ETA, Expires: o.Expires, Retries: o.Retries, TimeLimit: o.TimeLimit,
 		RootID: o.RootID, ParentID: o.ParentID, Shadow: o.Shadow, IgnoreResult: o.IgnoreResult,
 		Origin: p.cfg.Origin, Headers: o.Headers, Callbacks: o.Link, Errbacks: o.LinkError,
-		Chain: o.Chain, Chord: o.Chord, Group: o.GroupID, GroupIndex: o.GroupIndex,
+		Chain: o.Chain, Chord: o.Chord, Group: o.GroupID, GroupIndex: o.GroupIndex, ReplacedTaskNesting: o.ReplacedTaskNesting,
 		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: deliveryMode(o), Priority: priority},
 	}
 	if !o.Expires.IsZero() {
