@@ -4,9 +4,9 @@ SHELL := /bin/bash
 GOBIN := $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: test services fmtcheck vet staticcheck gotest pytest vectors
+.PHONY: test services fmtcheck vet staticcheck gotest pytest faults vectors
 
-test: services fmtcheck vet staticcheck gotest pytest
+test: services fmtcheck vet staticcheck gotest pytest faults
 
 services:
 	scripts/services.sh
@@ -33,6 +33,13 @@ pytest:
 		interop/python/test_go_worker.py interop/python/test_two_services.py \
 		interop/python/test_canvas.py interop/python/test_beat.py \
 		interop/python/test_control.py
+
+# The fault suite: the Go worker next to Celery 5.7 prefork under the same
+# faults on RabbitMQ and Redis; prints sent / lost / ran twice per scenario and
+# writes faults-report.txt. It disrupts the shared RabbitMQ (close_all_connections,
+# stop_app), so outside CI it waits for the exclusive lock.
+faults:
+	$(if $(CI),,flock -x /tmp/rabbitmq.lock) .venv/bin/pytest -q interop/python/fault_suite.py
 
 # Regenerate protocol/testdata/vectors from the pinned Celery/kombu.
 vectors: services
