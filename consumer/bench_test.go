@@ -16,7 +16,7 @@ import (
 // is what ETATaskLimit multiplies.
 func BenchmarkETAHeldMemory(b *testing.B) {
 	const n = 10000
-	fb := newFakeBroker()
+	fb := nopBroker{}
 	mux := NewMux()
 	mux.HandleFunc("proj.add", func(ctx context.Context, r *Request) (any, error) { return nil, nil })
 	w, err := New(fb, nil, mux, Config{Queues: []broker.Queue{{Name: "q"}}, ETATaskLimit: n})
@@ -59,3 +59,15 @@ func BenchmarkETAHeldMemory(b *testing.B) {
 	}
 	b.ReportMetric(perTask, "B/held-task")
 }
+
+// nopBroker takes what the benchmark gives it and settles nothing.
+type nopBroker struct{}
+
+func (nopBroker) Declare(context.Context, ...broker.Queue) error { return nil }
+func (nopBroker) Consume(context.Context, []broker.Queue, int) (<-chan *broker.Delivery, error) {
+	return nil, nil
+}
+func (nopBroker) SetPrefetch(int) error                            { return nil }
+func (nopBroker) Publish(context.Context, broker.Publishing) error { return nil }
+func (nopBroker) Ack(*broker.Delivery) error                       { return nil }
+func (nopBroker) Reject(*broker.Delivery, bool) error              { return nil }

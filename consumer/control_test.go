@@ -1,8 +1,10 @@
-package consumer
+package consumer_test
 
 import (
 	"context"
 	"errors"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"testing"
 	"time"
 
@@ -23,27 +25,27 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestRevokeBeforeRunAndTerminate(t *testing.T) {
-	mux := NewMux()
+	mux := consumer.NewMux()
 	started := make(chan string, 10)
-	mux.HandleFunc("block", func(ctx context.Context, r *Request) (any, error) {
+	mux.HandleFunc("block", func(ctx context.Context, r *consumer.Request) (any, error) {
 		started <- r.ID
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})
-	mux.HandleFunc("add", func(ctx context.Context, r *Request) (any, error) { return int64(1), nil })
-	b, be, w := startWorker(t, mux, Config{})
+	mux.HandleFunc("add", func(ctx context.Context, r *consumer.Request) (any, error) { return int64(1), nil })
+	b, be, w := consumertest.StartWorker(t, mux, consumer.Config{})
 
 	// Revoked before it arrives: discarded at receipt, REVOKED, acked.
 	w.Revoke(context.Background(), []string{"t-early"}, false)
-	be.wait(t, "t-early", results.Revoked)
-	b.send(t, "1", msg("t-early", "add"))
-	b.waitEvent(t, "ack:1")
+	be.Wait(t, "t-early", results.Revoked)
+	b.Send(t, "1", msg("t-early", "add"))
+	b.WaitEvent(t, "ack:1")
 	if !w.IsRevoked("t-early") {
 		t.Error("t-early not remembered as revoked")
 	}
 
 	// Running: terminate cancels its context; REVOKED terminated.
-	b.send(t, "2", msg("t-run", "block"))
+	b.Send(t, "2", msg("t-run", "block"))
 	if id := <-started; id != "t-run" {
 		t.Fatalf("started %s", id)
 	}
@@ -55,8 +57,8 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 	}
 	// The revoke stores REVOKED "revoked" at once, then the handler's end
 	// "terminated".
-	be.wait(t, "t-run", results.Revoked)
-	m := be.wait(t, "t-run", results.Revoked)
+	be.Wait(t, "t-run", results.Revoked)
+	m := be.Wait(t, "t-run", results.Revoked)
 	if exc, _ := m.Result.(*results.Exception); exc == nil || exc.Message[0] != "terminated" {
 		t.Errorf("stored %+v", m.Result)
 	}
@@ -64,16 +66,16 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 }
 
 func TestScheduledAndReserved(t *testing.T) {
-	mux := NewMux()
+	mux := consumer.NewMux()
 	release := make(chan struct{})
-	mux.HandleFunc("block", func(ctx context.Context, r *Request) (any, error) { <-release; return nil, nil })
-	b, _, w := startWorker(t, mux, Config{Concurrency: 1})
+	mux.HandleFunc("block", func(ctx context.Context, r *consumer.Request) (any, error) { <-release; return nil, nil })
+	b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1})
 	defer close(release)
 	eta := msg("t-eta", "block")
 	eta.ETA = time.Now().Add(time.Hour)
-	b.send(t, "1", eta)
-	b.send(t, "2", msg("t-a", "block"))
-	b.send(t, "3", msg("t-b", "block"))
+	b.Send(t, "1", eta)
+	b.Send(t, "2", msg("t-a", "block"))
+	b.Send(t, "3", msg("t-b", "block"))
 	waitFor(t, "one active, one reserved, one scheduled", func() bool {
 		return len(w.Active()) == 1 && len(w.Reserved()) == 1 && len(w.Scheduled()) == 1
 	})
@@ -81,7 +83,7 @@ func TestScheduledAndReserved(t *testing.T) {
 		t.Errorf("scheduled %+v", s)
 	}
 	q := w.Query([]string{"t-a", "t-b", "t-eta", "nope"})
-	if len(q) != 3 || q["t-a"].State != StateActive || q["t-b"].State != StateReserved {
+	if len(q) != 3 || q["t-a"].State != consumer.StateActive || q["t-b"].State != consumer.StateReserved {
 		t.Errorf("query = %v", q)
 	}
 	if n := w.TotalByTask()["block"]; n != 3 {
@@ -90,13 +92,13 @@ func TestScheduledAndReserved(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	mux := NewMux()
-	mux.HandleFunc("add", func(ctx context.Context, r *Request) (any, error) { return int64(1), nil })
-	b, be, w := startWorker(t, mux, Config{Concurrency: 4})
-	if err := w.SetRateLimit("nope", "1/s"); !errors.Is(err, ErrUnknownTask) {
+	mux := consumer.NewMux()
+	mux.HandleFunc("add", func(ctx context.Context, r *consumer.Request) (any, error) { return int64(1), nil })
+	b, be, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 4})
+	if err := w.SetRateLimit("nope", "1/s"); !errors.Is(err, consumer.ErrUnknownTask) {
 		t.Errorf("unknown task: %v", err)
 	}
-	if err := w.SetRateLimit("add", "10/x"); !errors.Is(err, ErrBadRateLimit) {
+	if err := w.SetRateLimit("add", "10/x"); !errors.Is(err, consumer.ErrBadRateLimit) {
 		t.Errorf("bad limit: %v", err)
 	}
 	if err := w.SetRateLimit("add", "600/m"); err != nil { // 10/s
@@ -107,10 +109,10 @@ func TestRateLimit(t *testing.T) {
 	}
 	start := time.Now()
 	for i, id := range []string{"r1", "r2", "r3", "r4"} {
-		b.send(t, string(rune('a'+i)), msg(id, "add"))
+		b.Send(t, string(rune('a'+i)), msg(id, "add"))
 	}
 	for _, id := range []string{"r1", "r2", "r3", "r4"} {
-		be.waitAny(t, id, results.Success)
+		be.WaitAny(t, id, results.Success)
 	}
 	// Four starts at 10/s with a burst of 1 need at least 300 ms.
 	if d := time.Since(start); d < 300*time.Millisecond {
@@ -130,7 +132,7 @@ func TestParseRateLimit(t *testing.T) {
 		{"10/s", 10, false}, {"120/m", 2, false}, {"3600/h", 1, false}, {"5", 5, false},
 		{"", 0, false}, {"0", 0, false}, {"1/d", 0, true}, {"x/s", 0, true}, {"-1/s", 0, true},
 	} {
-		got, err := ParseRateLimit(tc.in)
+		got, err := consumer.ParseRateLimit(tc.in)
 		if (err != nil) != tc.bad || got != tc.want {
 			t.Errorf("ParseRateLimit(%q) = %v, %v", tc.in, got, err)
 		}
@@ -138,19 +140,19 @@ func TestParseRateLimit(t *testing.T) {
 }
 
 func TestAddAndCancelQueue(t *testing.T) {
-	mux := NewMux()
-	_, _, w := startWorker(t, mux, Config{Queues: []broker.Queue{{Name: "a"}, {Name: "b"}}})
+	mux := consumer.NewMux()
+	_, _, w := consumertest.StartWorker(t, mux, consumer.Config{Queues: []broker.Queue{{Name: "a"}, {Name: "b"}}})
 	waitFor(t, "consuming", w.Consuming)
 	if err := w.AddQueue(broker.Queue{Name: "c"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.AddQueue(broker.Queue{Name: "a"}); !errors.Is(err, ErrAlreadyConsume) {
+	if err := w.AddQueue(broker.Queue{Name: "a"}); !errors.Is(err, consumer.ErrAlreadyConsume) {
 		t.Errorf("adding a consumed queue: %v", err)
 	}
 	if err := w.CancelQueue("a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.CancelQueue("zzz"); !errors.Is(err, ErrUnknownQueue) {
+	if err := w.CancelQueue("zzz"); !errors.Is(err, consumer.ErrUnknownQueue) {
 		t.Errorf("cancel unknown: %v", err)
 	}
 	var names []string
@@ -163,8 +165,8 @@ func TestAddAndCancelQueue(t *testing.T) {
 }
 
 func TestShutdownCommand(t *testing.T) {
-	mux := NewMux()
-	_, _, w := startWorker(t, mux, Config{})
+	mux := consumer.NewMux()
+	_, _, w := consumertest.StartWorker(t, mux, consumer.Config{})
 	waitFor(t, "consuming", w.Consuming)
 	go func() { _ = w.Shutdown(context.Background()) }()
 	waitFor(t, "stopped consuming", func() bool { return !w.Consuming() })

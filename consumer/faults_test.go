@@ -1,8 +1,10 @@
-package consumer
+package consumer_test
 
 import (
 	"context"
 	"errors"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -22,57 +24,55 @@ func TestStaleRequestsDoNotRun(t *testing.T) {
 		name string
 		// setup sends "victim" (tag "v") so that it waits, marks it stale,
 		// then lets it go on.
-		setup func(t *testing.T, b *fakeBroker, w *Worker, release chan struct{})
+		setup func(t *testing.T, b *consumertest.Broker, w *consumer.Worker, release chan struct{})
 	}{
-		{"waiting for a slot", func(t *testing.T, b *fakeBroker, _ *Worker, release chan struct{}) {
-			b.send(t, "blocker", msg("b1", "block"))
-			b.send(t, "v", msg("v1", "victim"))
+		{"waiting for a slot", func(t *testing.T, b *consumertest.Broker, _ *consumer.Worker, release chan struct{}) {
+			b.Send(t, "blocker", msg("b1", "block"))
+			b.Send(t, "v", msg("v1", "victim"))
 			time.Sleep(50 * time.Millisecond)
-			b.markStale("v")
+			b.MarkStale("v")
 			close(release)
 		}},
-		{"held for its ETA", func(t *testing.T, b *fakeBroker, _ *Worker, release chan struct{}) {
+		{"held for its ETA", func(t *testing.T, b *consumertest.Broker, _ *consumer.Worker, release chan struct{}) {
 			close(release)
-			b.send(t, "v", &protocol.Message{ID: "v1", Task: "victim", ETA: time.Now().Add(300 * time.Millisecond)})
+			b.Send(t, "v", &protocol.Message{ID: "v1", Task: "victim", ETA: time.Now().Add(300 * time.Millisecond)})
 			time.Sleep(50 * time.Millisecond)
-			b.markStale("v")
+			b.MarkStale("v")
 		}},
-		{"waiting for its rate limit", func(t *testing.T, b *fakeBroker, w *Worker, release chan struct{}) {
+		{"waiting for its rate limit", func(t *testing.T, b *consumertest.Broker, w *consumer.Worker, release chan struct{}) {
 			close(release)
 			if err := w.SetRateLimit("victim", "2/s"); err != nil {
 				t.Fatal(err)
 			}
-			b.send(t, "first", msg("f1", "victim"))
-			b.waitEvent(t, "ack:first")
-			b.send(t, "v", msg("v1", "victim")) // waits ~0.5 s for a token
+			b.Send(t, "first", msg("f1", "victim"))
+			b.WaitEvent(t, "ack:first")
+			b.Send(t, "v", msg("v1", "victim")) // waits ~0.5 s for a token
 			time.Sleep(100 * time.Millisecond)
-			b.markStale("v")
+			b.MarkStale("v")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := NewMux()
+			mux := consumer.NewMux()
 			release := make(chan struct{})
 			var ran atomic.Int32
-			mux.HandleFunc("block", func(ctx context.Context, r *Request) (any, error) { <-release; return nil, nil })
-			mux.HandleFunc("victim", func(ctx context.Context, r *Request) (any, error) {
+			mux.HandleFunc("block", func(ctx context.Context, r *consumer.Request) (any, error) { <-release; return nil, nil })
+			mux.HandleFunc("victim", func(ctx context.Context, r *consumer.Request) (any, error) {
 				if r.ID == "v1" {
 					ran.Add(1)
 				}
 				return nil, nil
 			})
-			b, be, w := startWorker(t, mux, Config{Concurrency: 1, PrefetchMultiplier: 4})
+			b, be, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 4})
 			tc.setup(t, b, w, release)
 			time.Sleep(1500 * time.Millisecond)
 			if n := ran.Load(); n != 0 {
 				t.Fatalf("the stale copy ran %d times", n)
 			}
-			if st := be.statuses("v1"); len(st) != 0 {
+			if st := be.States("v1"); len(st) != 0 {
 				t.Errorf("states stored for the stale copy: %v", st)
 			}
-			b.mu.Lock()
-			settled := slices.Contains(b.acks, "v")
-			_, rejected := b.rejects["v"]
-			b.mu.Unlock()
+			settled := slices.Contains(b.Acks(), "v")
+			_, rejected := b.Rejected("v")
 			if settled || rejected {
 				t.Error("the stale copy was settled")
 			}
@@ -97,15 +97,15 @@ func TestColdShutdownIsWorkerLost(t *testing.T) {
 		{"early ack: FAILURE WorkerLostError", false, false, "ack:1", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := NewMux()
+			mux := consumer.NewMux()
 			started := make(chan struct{})
-			mux.HandleFunc("long", func(ctx context.Context, r *Request) (any, error) {
+			mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
 				close(started)
 				<-ctx.Done()
 				return nil, ctx.Err()
 			})
-			b, be := newFakeBroker(), newFakeBackend()
-			w, err := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+			b, be := consumertest.NewBroker(), consumertest.NewBackend()
+			w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
 				AcksLate: tc.acksLate, RejectOnWorkerLost: tc.rejectWL, ShutdownTimeout: time.Hour})
 			if err != nil {
 				t.Fatal(err)
@@ -113,15 +113,15 @@ func TestColdShutdownIsWorkerLost(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
-			b.send(t, "1", msg("l1", "long"))
+			b.Send(t, "1", msg("l1", "long"))
 			<-started
 			cancel()
 			w.Kill()
-			b.waitEvent(t, tc.wantEvent)
+			b.WaitEvent(t, tc.wantEvent)
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			st := be.statuses("l1")
+			st := be.States("l1")
 			if !tc.wantStored {
 				if len(st) != 0 {
 					t.Fatalf("stored %v, want nothing", st)
@@ -131,9 +131,7 @@ func TestColdShutdownIsWorkerLost(t *testing.T) {
 			if !slices.Equal(st, []string{results.Failure}) {
 				t.Fatalf("stored %v, want one FAILURE", st)
 			}
-			be.mu.Lock()
-			exc := be.metas[0].Result.(*results.Exception)
-			be.mu.Unlock()
+			exc := be.Metas()[0].Result.(*results.Exception)
 			if exc.Type != "WorkerLostError" || exc.Module != "billiard.exceptions" {
 				t.Errorf("exception = %+v", exc)
 			}
@@ -157,9 +155,9 @@ func TestSoftShutdown(t *testing.T) {
 		{"second kill cuts the wait", 200 * time.Millisecond, true, "reject:1:true"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := NewMux()
+			mux := consumer.NewMux()
 			started := make(chan struct{})
-			mux.HandleFunc("long", func(ctx context.Context, r *Request) (any, error) {
+			mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
 				close(started)
 				select {
 				case <-time.After(tc.taskTakes):
@@ -168,14 +166,14 @@ func TestSoftShutdown(t *testing.T) {
 					return nil, ctx.Err()
 				}
 			})
-			b, be := newFakeBroker(), newFakeBackend()
-			w, _ := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+			b, be := consumertest.NewBroker(), consumertest.NewBackend()
+			w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
 				AcksLate: true, RejectOnWorkerLost: true, ShutdownTimeout: time.Hour,
 				SoftShutdownTimeout: 500 * time.Millisecond})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
-			b.send(t, "1", msg("l1", "long"))
+			b.Send(t, "1", msg("l1", "long"))
 			<-started
 			cancel()
 			begin := time.Now()
@@ -183,14 +181,14 @@ func TestSoftShutdown(t *testing.T) {
 			if tc.secondKill {
 				w.Kill()
 			}
-			b.waitEvent(t, tc.want)
+			b.WaitEvent(t, tc.want)
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
 			took := time.Since(begin)
 			switch {
 			case tc.want == "ack:1":
-				be.wait(t, "l1", results.Success)
+				be.Wait(t, "l1", results.Success)
 			case tc.secondKill && took > 400*time.Millisecond:
 				t.Errorf("second kill: shutdown took %v, want well under the 500 ms soft timeout", took)
 			case !tc.secondKill && took < 450*time.Millisecond:
@@ -204,22 +202,22 @@ func TestSoftShutdown(t *testing.T) {
 // MaxAbandoned the worker stops and Run says why, so a supervisor
 // restarts it instead of goroutines and connections growing without bound.
 func TestAbandonedHandlersAreCapped(t *testing.T) {
-	mux := NewMux()
+	mux := consumer.NewMux()
 	hang := make(chan struct{})
 	defer close(hang)
-	mux.HandleFunc("hangs", func(ctx context.Context, r *Request) (any, error) { <-hang; return nil, nil },
-		TaskOptions{TimeLimit: 50 * time.Millisecond})
-	b, be := newFakeBroker(), newFakeBackend()
-	w, _ := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 2, MaxAbandoned: 2, ShutdownTimeout: time.Second})
+	mux.HandleFunc("hangs", func(ctx context.Context, r *consumer.Request) (any, error) { <-hang; return nil, nil },
+		consumer.TaskOptions{TimeLimit: 50 * time.Millisecond})
+	b, be := consumertest.NewBroker(), consumertest.NewBackend()
+	w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 2, MaxAbandoned: 2, ShutdownTimeout: time.Second})
 	done := make(chan error, 1)
 	go func() { done <- w.Run(context.Background()) }()
 	for i, id := range []string{"h1", "h2", "h3"} {
-		b.send(t, string(rune('1'+i)), msg(id, "hangs"))
-		be.wait(t, id, results.Failure) // TimeLimitExceeded
+		b.Send(t, string(rune('1'+i)), msg(id, "hangs"))
+		be.Wait(t, id, results.Failure) // TimeLimitExceeded
 	}
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrAbandonedLimit) {
+		if !errors.Is(err, consumer.ErrAbandonedLimit) {
 			t.Fatalf("Run = %v, want ErrAbandonedLimit", err)
 		}
 	case <-time.After(5 * time.Second):
@@ -234,22 +232,22 @@ func TestAbandonedHandlersAreCapped(t *testing.T) {
 // raise for held ETA tasks must come back, or a window full of them
 // starves the pool (before the fix nothing more was delivered).
 func TestAddQueueKeepsTheETARaise(t *testing.T) {
-	mux := NewMux()
-	mux.HandleFunc("t", func(ctx context.Context, r *Request) (any, error) { return nil, nil })
-	b, _, w := startWorker(t, mux, Config{Concurrency: 1, PrefetchMultiplier: 1})
-	b.send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
-	waitTrue(t, "prefetch raised", func() bool { return b.lastPrefetch() == 2 })
+	mux := consumer.NewMux()
+	mux.HandleFunc("t", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, nil })
+	b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 1})
+	b.Send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
+	waitTrue(t, "prefetch raised", func() bool { return b.Prefetch() == 2 })
 	if err := w.AddQueue(broker.Queue{Name: "other"}); err != nil {
 		t.Fatal(err)
 	}
-	if p := b.lastPrefetch(); p != 2 {
+	if p := b.Prefetch(); p != 2 {
 		t.Fatalf("prefetch after add_consumer = %d, want 2 (1 + 1 held)", p)
 	}
 	if err := w.CancelQueue("other"); err != nil {
 		t.Fatal(err)
 	}
-	if p := w.Stats().Prefetch; p != 2 || b.lastPrefetch() != 2 {
-		t.Fatalf("prefetch after cancel_consumer = %d (broker %d), want 2", p, b.lastPrefetch())
+	if p := w.Stats().Prefetch; p != 2 || b.Prefetch() != 2 {
+		t.Fatalf("prefetch after cancel_consumer = %d (broker %d), want 2", p, b.Prefetch())
 	}
 }
 
@@ -257,32 +255,28 @@ func TestAddQueueKeepsTheETARaise(t *testing.T) {
 // back: FAILURE is stored once, when the move lands, and a dead-letter
 // queue deleted under the worker is declared again.
 func TestUnknownTaskDeadLetterRetryStoresOnce(t *testing.T) {
-	b, be, _ := startWorker(t, NewMux(), Config{})
-	b.mu.Lock()
-	b.unroutable = 1 // as if q.unregistered had been deleted
-	b.mu.Unlock()
+	b, be, _ := consumertest.StartWorker(t, consumer.NewMux(), consumer.Config{})
+	b.FailPublishes(1) // as if q.unregistered had been deleted
 	raw, err := protocol.Encode(msg("u1", "other.app.task"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.sendRaw("1", raw)
-	b.waitEvent(t, "reject:1:true") // requeued after the failed move
-	b.sendRaw("2", raw)             // the broker delivers it again
-	b.waitEvent(t, "ack:2")
+	b.SendRaw("1", raw)
+	b.WaitEvent(t, "reject:1:true") // requeued after the failed move
+	b.SendRaw("2", raw)             // the broker delivers it again
+	b.WaitEvent(t, "ack:2")
 	time.Sleep(50 * time.Millisecond)
-	if st := be.statuses("u1"); !slices.Equal(st, []string{results.Failure}) {
+	if st := be.States("u1"); !slices.Equal(st, []string{results.Failure}) {
 		t.Fatalf("stored %v, want FAILURE once", st)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	n := 0
-	for _, q := range b.declared {
+	for _, q := range b.Declared() {
 		if q == "q.unregistered" {
 			n++
 		}
 	}
-	if n != 2 || len(b.published) != 1 {
-		t.Errorf("declared q.unregistered %d times (want 2: again after it vanished), published %d", n, len(b.published))
+	if n != 2 || len(b.Published()) != 1 {
+		t.Errorf("declared q.unregistered %d times (want 2: again after it vanished), published %d", n, len(b.Published()))
 	}
 }
 
@@ -290,17 +284,15 @@ func TestUnknownTaskDeadLetterRetryStoresOnce(t *testing.T) {
 // signature_from_request does, and drops RabbitMQ's x-death headers so
 // that its cycle detection does not drop the retried message.
 func TestRetryKeepsParentAndDropsDeathHeaders(t *testing.T) {
-	mux := NewMux()
-	mux.HandleFunc("flaky", func(ctx context.Context, r *Request) (any, error) {
-		return nil, Retry(time.Hour, errors.New("again"))
+	mux := consumer.NewMux()
+	mux.HandleFunc("flaky", func(ctx context.Context, r *consumer.Request) (any, error) {
+		return nil, consumer.Retry(time.Hour, errors.New("again"))
 	})
-	b, _, _ := startWorker(t, mux, Config{})
-	b.send(t, "1", &protocol.Message{ID: "t1", Task: "flaky", RootID: "root", ParentID: "parent",
+	b, _, _ := consumertest.StartWorker(t, mux, consumer.Config{})
+	b.Send(t, "1", &protocol.Message{ID: "t1", Task: "flaky", RootID: "root", ParentID: "parent",
 		Headers: map[string]any{"x-death": []any{map[string]any{"count": 1}}, "x-first-death-queue": "q", "mine": "kept"}})
-	b.waitEvent(t, "publish:q")
-	b.mu.Lock()
-	p := b.published[0]
-	b.mu.Unlock()
+	b.WaitEvent(t, "publish:q")
+	p := b.Published()[0]
 	re, err := protocol.Decode(&p.Raw)
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,10 @@
-package consumer
+package consumer_test
 
 import (
 	"context"
 	"errors"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"testing"
 	"time"
 
@@ -13,8 +15,8 @@ import (
 // A Worker runs once: a second Run, or a Run after Shutdown, returns
 // ErrWorkerClosed (it used to panic with "send on closed channel").
 func TestRunTwiceIsErrWorkerClosed(t *testing.T) {
-	mux := NewMux()
-	w, err := New(newFakeBroker(), nil, mux, Config{Queues: []broker.Queue{{Name: "q"}}})
+	mux := consumer.NewMux()
+	w, err := consumer.New(consumertest.NewBroker(), nil, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,22 +24,22 @@ func TestRunTwiceIsErrWorkerClosed(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	waitFor(t, "consuming", w.Consuming)
-	if err := w.Run(context.Background()); !errors.Is(err, ErrWorkerClosed) {
+	if err := w.Run(context.Background()); !errors.Is(err, consumer.ErrWorkerClosed) {
 		t.Fatalf("Run while running = %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Run(context.Background()); !errors.Is(err, ErrWorkerClosed) {
+	if err := w.Run(context.Background()); !errors.Is(err, consumer.ErrWorkerClosed) {
 		t.Fatalf("Run after Run = %v", err)
 	}
 
-	never, _ := New(newFakeBroker(), nil, mux, Config{Queues: []broker.Queue{{Name: "q"}}})
+	never, _ := consumer.New(consumertest.NewBroker(), nil, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}})
 	if err := never.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := never.Run(context.Background()); !errors.Is(err, ErrWorkerClosed) {
+	if err := never.Run(context.Background()); !errors.Is(err, consumer.ErrWorkerClosed) {
 		t.Fatalf("Run after Shutdown = %v", err)
 	}
 }
@@ -59,9 +61,9 @@ func TestShutdownBoundedByContext(t *testing.T) {
 		{"task finishes in time", 50 * time.Millisecond, 5 * time.Second, nil, "ack:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := NewMux()
+			mux := consumer.NewMux()
 			started := make(chan struct{})
-			mux.HandleFunc("long", func(ctx context.Context, r *Request) (any, error) {
+			mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
 				close(started)
 				select {
 				case <-time.After(tc.task):
@@ -70,12 +72,12 @@ func TestShutdownBoundedByContext(t *testing.T) {
 					return nil, ctx.Err()
 				}
 			})
-			b, be := newFakeBroker(), newFakeBackend()
-			w, _ := New(b, be, mux, Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+			b, be := consumertest.NewBroker(), consumertest.NewBackend()
+			w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
 				AcksLate: true, RejectOnWorkerLost: true, ShutdownTimeout: time.Hour})
 			done := make(chan error, 1)
 			go func() { done <- w.Run(context.Background()) }()
-			b.send(t, "1", msg("l1", "long"))
+			b.Send(t, "1", msg("l1", "long"))
 			<-started
 			ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
 			defer cancel()
@@ -88,11 +90,11 @@ func TestShutdownBoundedByContext(t *testing.T) {
 			if tc.wantErr != nil && (took < tc.deadline || took > tc.deadline+time.Second) {
 				t.Errorf("Shutdown returned after %v, deadline %v", took, tc.deadline)
 			}
-			b.waitEvent(t, tc.want)
+			b.WaitEvent(t, tc.want)
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			st := be.statuses("l1")
+			st := be.States("l1")
 			if tc.wantErr != nil && len(st) != 0 {
 				t.Errorf("interrupted task stored %v", st)
 			}

@@ -1,7 +1,9 @@
-package consumer
+package consumer_test
 
 import (
 	"context"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"sync"
 	"testing"
 	"time"
@@ -10,10 +12,10 @@ import (
 // eventLog records observed events per task id.
 type eventLog struct {
 	mu     sync.Mutex
-	byTask map[string][]*TaskEvent
+	byTask map[string][]*consumer.TaskEvent
 }
 
-func (l *eventLog) ObserveTask(e *TaskEvent) {
+func (l *eventLog) ObserveTask(e *consumer.TaskEvent) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.byTask[e.Message.ID] = append(l.byTask[e.Message.ID], e)
@@ -30,30 +32,32 @@ func (l *eventLog) types(id string) []string {
 }
 
 func TestObserverSeesEachStep(t *testing.T) {
-	mux := NewMux()
-	mux.HandleFunc("add", func(ctx context.Context, r *Request) (any, error) { return int64(5), nil })
-	mux.HandleFunc("fail", func(ctx context.Context, r *Request) (any, error) { return nil, valueError{"bad"} })
-	mux.HandleFunc("retry", func(ctx context.Context, r *Request) (any, error) {
-		return nil, Retry(time.Hour, valueError{"again"})
+	mux := consumer.NewMux()
+	mux.HandleFunc("add", func(ctx context.Context, r *consumer.Request) (any, error) { return int64(5), nil })
+	mux.HandleFunc("fail", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, valueError{"bad"} })
+	mux.HandleFunc("retry", func(ctx context.Context, r *consumer.Request) (any, error) {
+		return nil, consumer.Retry(time.Hour, valueError{"again"})
 	})
-	mux.HandleFunc("reject", func(ctx context.Context, r *Request) (any, error) { return nil, &RejectError{Reason: "no"} })
-	log := &eventLog{byTask: map[string][]*TaskEvent{}}
-	b, _, _ := startWorker(t, mux, Config{Observers: []Observer{log}})
+	mux.HandleFunc("reject", func(ctx context.Context, r *consumer.Request) (any, error) {
+		return nil, &consumer.RejectError{Reason: "no"}
+	})
+	log := &eventLog{byTask: map[string][]*consumer.TaskEvent{}}
+	b, _, _ := consumertest.StartWorker(t, mux, consumer.Config{Observers: []consumer.Observer{log}})
 	expired := msg("t-exp", "add")
 	expired.Expires = time.Now().Add(-time.Minute)
-	b.send(t, "1", msg("t-ok", "add"))
-	b.send(t, "2", msg("t-fail", "fail"))
-	b.send(t, "3", msg("t-retry", "retry"))
-	b.send(t, "4", msg("t-reject", "reject"))
-	b.send(t, "5", msg("t-unknown", "nosuch"))
-	b.send(t, "6", expired)
+	b.Send(t, "1", msg("t-ok", "add"))
+	b.Send(t, "2", msg("t-fail", "fail"))
+	b.Send(t, "3", msg("t-retry", "retry"))
+	b.Send(t, "4", msg("t-reject", "reject"))
+	b.Send(t, "5", msg("t-unknown", "nosuch"))
+	b.Send(t, "6", expired)
 	want := map[string][]string{
-		"t-ok":      {TaskReceived, TaskStarted, TaskSucceeded},
-		"t-fail":    {TaskReceived, TaskStarted, TaskFailed},
-		"t-retry":   {TaskReceived, TaskStarted, TaskRetried},
-		"t-reject":  {TaskReceived, TaskStarted, TaskRejected},
-		"t-unknown": {TaskFailed},
-		"t-exp":     {TaskReceived, TaskRevoked},
+		"t-ok":      {consumer.TaskReceived, consumer.TaskStarted, consumer.TaskSucceeded},
+		"t-fail":    {consumer.TaskReceived, consumer.TaskStarted, consumer.TaskFailed},
+		"t-retry":   {consumer.TaskReceived, consumer.TaskStarted, consumer.TaskRetried},
+		"t-reject":  {consumer.TaskReceived, consumer.TaskStarted, consumer.TaskRejected},
+		"t-unknown": {consumer.TaskFailed},
+		"t-exp":     {consumer.TaskReceived, consumer.TaskRevoked},
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for id, w := range want {

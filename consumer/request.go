@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gocelery/gocelery/protocol"
+	"github.com/gocelery/gocelery/results"
 )
 
 // Request is the task request a handler serves: the decoded message plus
@@ -38,6 +39,21 @@ func (r *Request) UpdateState(ctx context.Context, state string, meta any) error
 		return errors.New("consumer: UpdateState: request has no result backend")
 	}
 	return r.state.updateState(ctx, r, state, meta)
+}
+
+// WithBackend returns a copy of r whose UpdateState stores into b: for
+// running a handler outside a worker (tests, see package consumertest).
+func (r *Request) WithBackend(b Backend) *Request {
+	c := *r
+	c.state = backendState{b}
+	return &c
+}
+
+// backendState stores UpdateState's states in a Backend, as the worker does.
+type backendState struct{ b Backend }
+
+func (s backendState) updateState(ctx context.Context, r *Request, state string, meta any) error {
+	return s.b.Store(ctx, &results.Meta{TaskID: r.ID, Status: state, Result: meta, GroupID: r.Group, ParentID: r.ParentID})
 }
 
 // DeliveryInfo returns Celery's request.delivery_info.

@@ -162,7 +162,7 @@ type Worker struct {
 	kill     chan struct{} // closed by the first Kill: cold shutdown
 	killNow  chan struct{} // closed by the second: no soft phase left
 	kills    atomic.Int32
-	cold     atomic.Bool // running handlers are being cancelled
+	cold     atomic.Bool     // running handlers are being cancelled
 	taskCtx  context.Context // parent of every task's context; cancelled on cold shutdown
 	cancelTs context.CancelFunc
 
