@@ -27,7 +27,7 @@ type Broker interface {
 }
 
 // Backend is what AsyncResult needs from the result backend;
-// *results.Redis provides it.
+// *results.Redis and *results.ReplyQueue (rpc://) provide it.
 type Backend interface {
 	Get(ctx context.Context, taskID string) (*results.Meta, error)
 	Wait(ctx context.Context, taskID string) (*results.Meta, error)
@@ -263,7 +263,7 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 		RootID: o.RootID, ParentID: o.ParentID, Shadow: o.Shadow, IgnoreResult: o.IgnoreResult,
 		Origin: p.cfg.Origin, Headers: o.Headers, Callbacks: o.Link, Errbacks: o.LinkError,
 		Chain: o.Chain, Chord: o.Chord, Group: o.GroupID, GroupIndex: o.GroupIndex, ReplacedTaskNesting: o.ReplacedTaskNesting,
-		Properties: protocol.Properties{ReplyTo: o.ReplyTo, DeliveryMode: deliveryMode(o), Priority: priority},
+		Properties: protocol.Properties{ReplyTo: p.replyTo(o), DeliveryMode: deliveryMode(o), Priority: priority},
 	}
 	if !o.Expires.IsZero() {
 		// kombu turns expires into the per-message TTL RabbitMQ enforces.
