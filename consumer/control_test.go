@@ -3,12 +3,12 @@ package consumer_test
 import (
 	"context"
 	"errors"
-	"github.com/gocelery/gocelery/consumer"
-	"github.com/gocelery/gocelery/consumertest"
 	"testing"
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"github.com/gocelery/gocelery/results"
 )
 

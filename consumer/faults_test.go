@@ -3,14 +3,14 @@ package consumer_test
 import (
 	"context"
 	"errors"
-	"github.com/gocelery/gocelery/consumer"
-	"github.com/gocelery/gocelery/consumertest"
 	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
 )

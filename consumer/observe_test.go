@@ -2,11 +2,12 @@ package consumer_test
 
 import (
 	"context"
-	"github.com/gocelery/gocelery/consumer"
-	"github.com/gocelery/gocelery/consumertest"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gocelery/gocelery/consumer"
+	"github.com/gocelery/gocelery/consumertest"
 )
 
 // eventLog records observed events per task id.
