@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gocelery/gocelery/broker"
@@ -52,33 +53,35 @@ func TestStaleRequestsDoNotRun(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := consumer.NewMux()
-			release := make(chan struct{})
-			var ran atomic.Int32
-			mux.HandleFunc("block", func(ctx context.Context, r *consumer.Request) (any, error) { <-release; return nil, nil })
-			mux.HandleFunc("victim", func(ctx context.Context, r *consumer.Request) (any, error) {
-				if r.ID == "v1" {
-					ran.Add(1)
+			synctest.Test(t, func(t *testing.T) {
+				mux := consumer.NewMux()
+				release := make(chan struct{})
+				var ran atomic.Int32
+				mux.HandleFunc("block", func(ctx context.Context, r *consumer.Request) (any, error) { <-release; return nil, nil })
+				mux.HandleFunc("victim", func(ctx context.Context, r *consumer.Request) (any, error) {
+					if r.ID == "v1" {
+						ran.Add(1)
+					}
+					return nil, nil
+				})
+				b, be, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 4})
+				tc.setup(t, b, w, release)
+				time.Sleep(1500 * time.Millisecond)
+				if n := ran.Load(); n != 0 {
+					t.Fatalf("the stale copy ran %d times", n)
 				}
-				return nil, nil
+				if st := be.States("v1"); len(st) != 0 {
+					t.Errorf("states stored for the stale copy: %v", st)
+				}
+				settled := slices.Contains(b.Acks(), "v")
+				_, rejected := b.Rejected("v")
+				if settled || rejected {
+					t.Error("the stale copy was settled")
+				}
+				if s := w.Stats(); s.HeldETA != 0 || s.Reserved != 0 || s.Prefetch != 4 {
+					t.Errorf("stats after the drop = %+v, want nothing held and the base prefetch", s)
+				}
 			})
-			b, be, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 4})
-			tc.setup(t, b, w, release)
-			time.Sleep(1500 * time.Millisecond)
-			if n := ran.Load(); n != 0 {
-				t.Fatalf("the stale copy ran %d times", n)
-			}
-			if st := be.States("v1"); len(st) != 0 {
-				t.Errorf("states stored for the stale copy: %v", st)
-			}
-			settled := slices.Contains(b.Acks(), "v")
-			_, rejected := b.Rejected("v")
-			if settled || rejected {
-				t.Error("the stale copy was settled")
-			}
-			if s := w.Stats(); s.HeldETA != 0 || s.Reserved != 0 || s.Prefetch != 4 {
-				t.Errorf("stats after the drop = %+v, want nothing held and the base prefetch", s)
-			}
 		})
 	}
 }
@@ -97,44 +100,46 @@ func TestColdShutdownIsWorkerLost(t *testing.T) {
 		{"early ack: FAILURE WorkerLostError", false, false, "ack:1", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := consumer.NewMux()
-			started := make(chan struct{})
-			mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
-				close(started)
-				<-ctx.Done()
-				return nil, ctx.Err()
-			})
-			b, be := consumertest.NewBroker(), consumertest.NewBackend()
-			w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
-				AcksLate: tc.acksLate, RejectOnWorkerLost: tc.rejectWL, ShutdownTimeout: time.Hour})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
-			b.Send(t, "1", msg("l1", "long"))
-			<-started
-			cancel()
-			w.Kill()
-			b.WaitEvent(t, tc.wantEvent)
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
-			st := be.States("l1")
-			if !tc.wantStored {
-				if len(st) != 0 {
-					t.Fatalf("stored %v, want nothing", st)
+			synctest.Test(t, func(t *testing.T) {
+				mux := consumer.NewMux()
+				started := make(chan struct{})
+				mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
+					close(started)
+					<-ctx.Done()
+					return nil, ctx.Err()
+				})
+				b, be := consumertest.NewBroker(), consumertest.NewBackend()
+				w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+					AcksLate: tc.acksLate, RejectOnWorkerLost: tc.rejectWL, ShutdownTimeout: time.Hour})
+				if err != nil {
+					t.Fatal(err)
 				}
-				return
-			}
-			if !slices.Equal(st, []string{results.Failure}) {
-				t.Fatalf("stored %v, want one FAILURE", st)
-			}
-			exc := be.Metas()[0].Result.(*results.Exception)
-			if exc.Type != "WorkerLostError" || exc.Module != "billiard.exceptions" {
-				t.Errorf("exception = %+v", exc)
-			}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- w.Run(ctx) }()
+				b.Send(t, "1", msg("l1", "long"))
+				<-started
+				cancel()
+				w.Kill()
+				b.WaitEvent(t, tc.wantEvent)
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				st := be.States("l1")
+				if !tc.wantStored {
+					if len(st) != 0 {
+						t.Fatalf("stored %v, want nothing", st)
+					}
+					return
+				}
+				if !slices.Equal(st, []string{results.Failure}) {
+					t.Fatalf("stored %v, want one FAILURE", st)
+				}
+				exc := be.Metas()[0].Result.(*results.Exception)
+				if exc.Type != "WorkerLostError" || exc.Module != "billiard.exceptions" {
+					t.Errorf("exception = %+v", exc)
+				}
+			})
 		})
 	}
 }
@@ -155,45 +160,47 @@ func TestSoftShutdown(t *testing.T) {
 		{"second kill cuts the wait", 200 * time.Millisecond, true, "reject:1:true"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mux := consumer.NewMux()
-			started := make(chan struct{})
-			mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
-				close(started)
-				select {
-				case <-time.After(tc.taskTakes):
-					return "done", nil
-				case <-ctx.Done():
-					return nil, ctx.Err()
+			synctest.Test(t, func(t *testing.T) {
+				mux := consumer.NewMux()
+				started := make(chan struct{})
+				mux.HandleFunc("long", func(ctx context.Context, r *consumer.Request) (any, error) {
+					close(started)
+					select {
+					case <-time.After(tc.taskTakes):
+						return "done", nil
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+				})
+				b, be := consumertest.NewBroker(), consumertest.NewBackend()
+				w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
+					AcksLate: true, RejectOnWorkerLost: true, ShutdownTimeout: time.Hour,
+					SoftShutdownTimeout: 500 * time.Millisecond})
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- w.Run(ctx) }()
+				b.Send(t, "1", msg("l1", "long"))
+				<-started
+				cancel()
+				begin := time.Now()
+				w.Kill()
+				if tc.secondKill {
+					w.Kill()
+				}
+				b.WaitEvent(t, tc.want)
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				took := time.Since(begin)
+				switch {
+				case tc.want == "ack:1":
+					be.Wait(t, "l1", results.Success)
+				case tc.secondKill && took > 400*time.Millisecond:
+					t.Errorf("second kill: shutdown took %v, want well under the 500 ms soft timeout", took)
+				case !tc.secondKill && took < 450*time.Millisecond:
+					t.Errorf("interrupted after %v, before the 500 ms soft timeout", took)
 				}
 			})
-			b, be := consumertest.NewBroker(), consumertest.NewBackend()
-			w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1,
-				AcksLate: true, RejectOnWorkerLost: true, ShutdownTimeout: time.Hour,
-				SoftShutdownTimeout: 500 * time.Millisecond})
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(ctx) }()
-			b.Send(t, "1", msg("l1", "long"))
-			<-started
-			cancel()
-			begin := time.Now()
-			w.Kill()
-			if tc.secondKill {
-				w.Kill()
-			}
-			b.WaitEvent(t, tc.want)
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
-			took := time.Since(begin)
-			switch {
-			case tc.want == "ack:1":
-				be.Wait(t, "l1", results.Success)
-			case tc.secondKill && took > 400*time.Millisecond:
-				t.Errorf("second kill: shutdown took %v, want well under the 500 ms soft timeout", took)
-			case !tc.secondKill && took < 450*time.Millisecond:
-				t.Errorf("interrupted after %v, before the 500 ms soft timeout", took)
-			}
 		})
 	}
 }
@@ -202,107 +209,115 @@ func TestSoftShutdown(t *testing.T) {
 // MaxAbandoned the worker stops and Run says why, so a supervisor
 // restarts it instead of goroutines and connections growing without bound.
 func TestAbandonedHandlersAreCapped(t *testing.T) {
-	mux := consumer.NewMux()
-	hang := make(chan struct{})
-	defer close(hang)
-	mux.HandleFunc("hangs", func(ctx context.Context, r *consumer.Request) (any, error) { <-hang; return nil, nil },
-		consumer.TaskOptions{TimeLimit: 50 * time.Millisecond})
-	b, be := consumertest.NewBroker(), consumertest.NewBackend()
-	w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 2, MaxAbandoned: 2, ShutdownTimeout: time.Second})
-	done := make(chan error, 1)
-	go func() { done <- w.Run(context.Background()) }()
-	for i, id := range []string{"h1", "h2", "h3"} {
-		b.Send(t, string(rune('1'+i)), msg(id, "hangs"))
-		be.Wait(t, id, results.Failure) // TimeLimitExceeded
-	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, consumer.ErrAbandonedLimit) {
-			t.Fatalf("Run = %v, want ErrAbandonedLimit", err)
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		hang := make(chan struct{})
+		defer close(hang)
+		mux.HandleFunc("hangs", func(ctx context.Context, r *consumer.Request) (any, error) { <-hang; return nil, nil },
+			consumer.TaskOptions{TimeLimit: 50 * time.Millisecond})
+		b, be := consumertest.NewBroker(), consumertest.NewBackend()
+		w, _ := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 2, MaxAbandoned: 2, ShutdownTimeout: time.Second})
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		for i, id := range []string{"h1", "h2", "h3"} {
+			b.Send(t, string(rune('1'+i)), msg(id, "hangs"))
+			be.Wait(t, id, results.Failure) // TimeLimitExceeded
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the worker kept running with 3 abandoned handlers, cap 2")
-	}
-	if s := w.Stats(); s.Abandoned != 3 {
-		t.Errorf("abandoned = %d", s.Abandoned)
-	}
+		select {
+		case err := <-done:
+			if !errors.Is(err, consumer.ErrAbandonedLimit) {
+				t.Fatalf("Run = %v, want ErrAbandonedLimit", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the worker kept running with 3 abandoned handlers, cap 2")
+		}
+		if s := w.Stats(); s.Abandoned != 3 {
+			t.Errorf("abandoned = %d", s.Abandoned)
+		}
+	})
 }
 
 // add_consumer starts a new Consume, which sets the base prefetch: the
 // raise for held ETA tasks must come back, or a window full of them
 // starves the pool (before the fix nothing more was delivered).
 func TestAddQueueKeepsTheETARaise(t *testing.T) {
-	mux := consumer.NewMux()
-	mux.HandleFunc("t", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, nil })
-	b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 1})
-	b.Send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
-	waitTrue(t, "prefetch raised", func() bool { return b.Prefetch() == 2 })
-	if err := w.AddQueue(broker.Queue{Name: "other"}); err != nil {
-		t.Fatal(err)
-	}
-	if p := b.Prefetch(); p != 2 {
-		t.Fatalf("prefetch after add_consumer = %d, want 2 (1 + 1 held)", p)
-	}
-	if err := w.CancelQueue("other"); err != nil {
-		t.Fatal(err)
-	}
-	if p := w.Stats().Prefetch; p != 2 || b.Prefetch() != 2 {
-		t.Fatalf("prefetch after cancel_consumer = %d (broker %d), want 2", p, b.Prefetch())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		mux.HandleFunc("t", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, nil })
+		b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 1})
+		b.Send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
+		waitTrue(t, "prefetch raised", func() bool { return b.Prefetch() == 2 })
+		if err := w.AddQueue(broker.Queue{Name: "other"}); err != nil {
+			t.Fatal(err)
+		}
+		if p := b.Prefetch(); p != 2 {
+			t.Fatalf("prefetch after add_consumer = %d, want 2 (1 + 1 held)", p)
+		}
+		if err := w.CancelQueue("other"); err != nil {
+			t.Fatal(err)
+		}
+		if p := w.Stats().Prefetch; p != 2 || b.Prefetch() != 2 {
+			t.Fatalf("prefetch after cancel_consumer = %d (broker %d), want 2", p, b.Prefetch())
+		}
+	})
 }
 
 // An unregistered task whose dead-letter move fails is requeued and comes
 // back: FAILURE is stored once, when the move lands, and a dead-letter
 // queue deleted under the worker is declared again.
 func TestUnknownTaskDeadLetterRetryStoresOnce(t *testing.T) {
-	b, be, _ := consumertest.StartWorker(t, consumer.NewMux(), consumer.Config{})
-	b.FailPublishes(1) // as if q.unregistered had been deleted
-	raw, err := protocol.Encode(msg("u1", "other.app.task"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.SendRaw("1", raw)
-	b.WaitEvent(t, "reject:1:true") // requeued after the failed move
-	b.SendRaw("2", raw)             // the broker delivers it again
-	b.WaitEvent(t, "ack:2")
-	time.Sleep(50 * time.Millisecond)
-	if st := be.States("u1"); !slices.Equal(st, []string{results.Failure}) {
-		t.Fatalf("stored %v, want FAILURE once", st)
-	}
-	n := 0
-	for _, q := range b.Declared() {
-		if q == "q.unregistered" {
-			n++
+	synctest.Test(t, func(t *testing.T) {
+		b, be, _ := consumertest.StartWorker(t, consumer.NewMux(), consumer.Config{})
+		b.FailPublishes(1) // as if q.unregistered had been deleted
+		raw, err := protocol.Encode(msg("u1", "other.app.task"))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if n != 2 || len(b.Published()) != 1 {
-		t.Errorf("declared q.unregistered %d times (want 2: again after it vanished), published %d", n, len(b.Published()))
-	}
+		b.SendRaw("1", raw)
+		b.WaitEvent(t, "reject:1:true") // requeued after the failed move
+		b.SendRaw("2", raw)             // the broker delivers it again
+		b.WaitEvent(t, "ack:2")
+		time.Sleep(50 * time.Millisecond)
+		if st := be.States("u1"); !slices.Equal(st, []string{results.Failure}) {
+			t.Fatalf("stored %v, want FAILURE once", st)
+		}
+		n := 0
+		for _, q := range b.Declared() {
+			if q == "q.unregistered" {
+				n++
+			}
+		}
+		if n != 2 || len(b.Published()) != 1 {
+			t.Errorf("declared q.unregistered %d times (want 2: again after it vanished), published %d", n, len(b.Published()))
+		}
+	})
 }
 
 // A retry keeps the request's parent and root, as Celery's
 // signature_from_request does, and drops RabbitMQ's x-death headers so
 // that its cycle detection does not drop the retried message.
 func TestRetryKeepsParentAndDropsDeathHeaders(t *testing.T) {
-	mux := consumer.NewMux()
-	mux.HandleFunc("flaky", func(ctx context.Context, r *consumer.Request) (any, error) {
-		return nil, consumer.Retry(time.Hour, errors.New("again"))
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		mux.HandleFunc("flaky", func(ctx context.Context, r *consumer.Request) (any, error) {
+			return nil, consumer.Retry(time.Hour, errors.New("again"))
+		})
+		b, _, _ := consumertest.StartWorker(t, mux, consumer.Config{})
+		b.Send(t, "1", &protocol.Message{ID: "t1", Task: "flaky", RootID: "root", ParentID: "parent",
+			Headers: map[string]any{"x-death": []any{map[string]any{"count": 1}}, "x-first-death-queue": "q", "mine": "kept"}})
+		b.WaitEvent(t, "publish:q")
+		p := b.Published()[0]
+		re, err := protocol.Decode(&p.Raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if re.ParentID != "parent" || re.RootID != "root" {
+			t.Errorf("parent %q root %q, want the request's own", re.ParentID, re.RootID)
+		}
+		if _, ok := re.Headers["x-death"]; ok || re.Headers["x-first-death-queue"] != nil || re.Headers["mine"] != "kept" {
+			t.Errorf("headers = %v", re.Headers)
+		}
 	})
-	b, _, _ := consumertest.StartWorker(t, mux, consumer.Config{})
-	b.Send(t, "1", &protocol.Message{ID: "t1", Task: "flaky", RootID: "root", ParentID: "parent",
-		Headers: map[string]any{"x-death": []any{map[string]any{"count": 1}}, "x-first-death-queue": "q", "mine": "kept"}})
-	b.WaitEvent(t, "publish:q")
-	p := b.Published()[0]
-	re, err := protocol.Decode(&p.Raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if re.ParentID != "parent" || re.RootID != "root" {
-		t.Errorf("parent %q root %q, want the request's own", re.ParentID, re.RootID)
-	}
-	if _, ok := re.Headers["x-death"]; ok || re.Headers["x-first-death-queue"] != nil || re.Headers["mine"] != "kept" {
-		t.Errorf("headers = %v", re.Headers)
-	}
 }
 
 func waitTrue(t *testing.T, what string, f func() bool) {
