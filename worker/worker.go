@@ -56,6 +56,9 @@ import (
 type Options struct {
 	BrokerURL        string
 	ResultBackendURL string
+	// ResultPersistent is result_persistent: rpc:// states are sent as
+	// persistent messages.
+	ResultPersistent bool
 	Queues           []string
 	MaxPriority      int
 	Config           consumer.Config
@@ -91,7 +94,8 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	}
 	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://, redis://, rediss://; env CELERY_BROKER_URL)")
 	fs.StringVar(&o.BrokerURL, "b", o.BrokerURL, "shorthand for --broker")
-	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://, rpc://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	fs.BoolVar(&o.ResultPersistent, "result-persistent", false, "rpc:// results: send states as persistent messages (result_persistent)")
 	var queues string
 	fs.StringVar(&queues, "queues", "", "comma-separated queues to consume (required; Celery's -Q)")
 	fs.StringVar(&queues, "Q", "", "shorthand for --queues")
@@ -216,7 +220,9 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	defer closeBroker()
 	var backend consumer.Backend
 	var rb *results.Redis
-	if o.ResultBackendURL != "" {
+	if isRPC(o.ResultBackendURL) {
+		backend = results.NewRPC(b, results.RPCOptions{Persistent: o.ResultPersistent})
+	} else if o.ResultBackendURL != "" {
 		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{}); err != nil {
 			return fmt.Errorf("result backend: %w", err)
 		}
