@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/gocelery/gocelery/protocol"
 )
 
 // ErrBadEntry reports an entry that cannot be stored or read: no name or
@@ -159,7 +161,7 @@ func parsePyDatetime(v any) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("not a redbeat datetime: %v", v)
 	}
 	n := func(k string) int {
-		f, _ := toFloat(m[k])
+		f, _ := protocol.AsFloat64(m[k])
 		return int(f)
 	}
 	loc := time.UTC
@@ -171,25 +173,10 @@ func parsePyDatetime(v any) (time.Time, error) {
 		}
 		loc = l
 	case json.Number, float64:
-		off, _ := toFloat(z)
+		off, _ := protocol.AsFloat64(z)
 		loc = time.FixedZone("", int(off))
 	}
 	return time.Date(n("year"), time.Month(n("month")), n("day"), n("hour"), n("minute"), n("second"), n("microsecond")*1000, loc), nil
-}
-
-func toFloat(v any) (float64, bool) {
-	switch x := v.(type) {
-	case json.Number:
-		f, err := x.Float64()
-		return f, err == nil
-	case float64:
-		return x, true
-	case int:
-		return float64(x), true
-	case int64:
-		return float64(x), true
-	}
-	return 0, false
 }
 
 // encodeSchedule writes a schedule as redbeat's JSON; a one-off is an
@@ -228,7 +215,7 @@ func decodeSchedule(raw json.RawMessage, loc *time.Location) (Schedule, error) {
 	}
 	switch m["__type__"] {
 	case "interval":
-		every, ok := toFloat(m["every"])
+		every, ok := protocol.AsFloat64(m["every"])
 		if !ok || every <= 0 {
 			return nil, fmt.Errorf("%w: interval %s", ErrBadEntry, raw)
 		}
@@ -255,8 +242,8 @@ func decodeSchedule(raw json.RawMessage, loc *time.Location) (Schedule, error) {
 		}
 		return NewCrontab(f("minute"), f("hour"), f("day_of_week"), f("day_of_month"), f("month_of_year"), loc)
 	case "rrule":
-		count, _ := toFloat(m["count"])
-		start, ok := toFloat(m["dtstart"])
+		count, _ := protocol.AsFloat64(m["count"])
+		start, ok := protocol.AsFloat64(m["dtstart"])
 		if count != 1 || !ok {
 			return nil, fmt.Errorf("%w: rrule other than a one-off (count 1 with dtstart)", ErrUnsupportedSchedule)
 		}
@@ -398,7 +385,7 @@ func decodeEntry(fields map[string]string) (*Entry, error) {
 				return nil, fmt.Errorf("%w: %q: last_run_at: %w", ErrBadEntry, d.Name, err)
 			}
 		}
-		if n, ok := toFloat(meta["total_run_count"]); ok {
+		if n, ok := protocol.AsFloat64(meta["total_run_count"]); ok {
 			e.TotalRunCount = int(n)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gocelery/gocelery/internal/lifecycle"
 	"github.com/gocelery/gocelery/producer"
+	"github.com/gocelery/gocelery/protocol"
 	"github.com/gocelery/gocelery/results"
 )
 
@@ -621,12 +622,12 @@ func sendOptions(e *Entry, taskID string, now time.Time) []producer.Option {
 	} else if rk, ok := o["routing_key"].(string); ok && rk != "" && o["queue"] == nil {
 		opts = append(opts, producer.Queue(rk))
 	}
-	if p, ok := toFloat(o["priority"]); ok {
+	if p, ok := protocol.AsFloat64(o["priority"]); ok {
 		opts = append(opts, producer.Priority(int(p)))
 	}
 	switch x := o["expires"].(type) {
 	case json.Number, float64, int:
-		secs, _ := toFloat(x)
+		secs, _ := protocol.AsFloat64(x)
 		opts = append(opts, producer.Expires(now.Add(time.Duration(secs*float64(time.Second))).UTC()))
 	case string:
 		if t, err := time.Parse(time.RFC3339Nano, x); err == nil {

@@ -217,7 +217,7 @@ func (c *Client) consumeReplies(ctx context.Context) error {
 }
 
 func (c *Client) deliver(d *broker.Delivery) {
-	if clk, ok := toInt64(d.Headers["clock"]); ok {
+	if clk, ok := protocol.AsInt64(d.Headers["clock"]); ok {
 		c.clock.Adjust(clk)
 	}
 	ticket, _ := d.Headers["ticket"].(string)

@@ -147,7 +147,7 @@ func (n *Node) handle(ctx context.Context, d *broker.Delivery) {
 		n.log.Warn("control: bad request dropped", "err", err)
 		return
 	}
-	if c, ok := toInt64(d.Headers["clock"]); ok {
+	if c, ok := protocol.AsInt64(d.Headers["clock"]); ok {
 		n.clock.Adjust(c)
 	}
 	if !req.For(n.w.Hostname()) {
@@ -273,8 +273,8 @@ func (n *Node) dispatch(ctx context.Context, req *Request) (reply any, send bool
 		return ok("new rate limit set successfully"), true
 	case "time_limit":
 		task, _ := a["task_name"].(string)
-		soft, _ := toFloat(a["soft"])
-		hard, _ := toFloat(a["hard"])
+		soft, _ := protocol.AsFloat64(a["soft"])
+		hard, _ := protocol.AsFloat64(a["hard"])
 		if err := w.SetTimeLimit(task, seconds(soft), seconds(hard)); err != nil {
 			return nok("unknown task"), true
 		}
@@ -484,7 +484,7 @@ func revokedArg(v any) map[string]time.Time {
 	case map[string]any:
 		for id, ts := range r {
 			t := now
-			if f, ok := toFloat(ts); ok && f > 0 {
+			if f, ok := protocol.AsFloat64(ts); ok && f > 0 {
 				t = time.UnixMicro(int64(f * 1e6))
 			}
 			out[id] = t
@@ -513,34 +513,6 @@ func stringList(v any) []string {
 		return out
 	}
 	return nil
-}
-
-func toInt64(v any) (int64, bool) {
-	switch x := v.(type) {
-	case int64:
-		return x, true
-	case int32:
-		return int64(x), true
-	case int:
-		return int64(x), true
-	case float64:
-		return int64(x), true
-	}
-	return 0, false
-}
-
-func toFloat(v any) (float64, bool) {
-	switch x := v.(type) {
-	case float64:
-		return x, true
-	case int64:
-		return float64(x), true
-	case int32:
-		return float64(x), true
-	case int:
-		return float64(x), true
-	}
-	return 0, false
 }
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/big"
@@ -24,6 +25,34 @@ func asString(field string, v any) (string, error) {
 		return string(x), nil
 	}
 	return "", fieldErr(field, v, "a string")
+}
+
+// AsInt64 returns the integer a decoded value holds, whichever Go type the
+// decoder gave it (JSON gives int64, or float64 for 1.0; msgpack any int
+// or uint width; big ints *big.Int), and false when it holds none or one
+// out of int64's range. It is the one numeric coercion for values read
+// from messages, results and remote-control arguments.
+func AsInt64(v any) (int64, bool) { return asInt64(v) }
+
+// AsFloat64 returns the number a decoded value holds as a float64 (ints of
+// any width, float32/64, *big.Int, json.Number), and false for non-numbers.
+func AsFloat64(v any) (float64, bool) {
+	switch x := v.(type) {
+	case float64:
+		return x, true
+	case float32:
+		return float64(x), true
+	case json.Number:
+		f, err := x.Float64()
+		return f, err == nil
+	case *big.Int:
+		f, _ := new(big.Float).SetInt(x).Float64()
+		return f, true
+	}
+	if n, ok := asInt64(v); ok {
+		return float64(n), true
+	}
+	return 0, false
 }
 
 func asInt64(v any) (int64, bool) {
