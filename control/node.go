@@ -196,7 +196,7 @@ func (n *Node) dispatch(ctx context.Context, req *Request) (reply any, send bool
 	case "scheduled":
 		out := []any{}
 		for _, i := range w.Scheduled() {
-			out = append(out, map[string]any{"eta": isoOrNil(i.ETA), "priority": int64(6), "request": n.info(i, false)})
+			out = append(out, map[string]any{"eta": protocol.ISOOrNil(i.ETA), "priority": int64(6), "request": n.info(i, false)})
 		}
 		return out, true
 	case "registered":
@@ -517,9 +517,3 @@ func stringList(v any) []string {
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
-func isoOrNil(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return protocol.FormatISO(t)
-}

@@ -126,8 +126,8 @@ func (m *Message) headersV2() map[string]any {
 	h["task"] = m.Task
 	h["id"] = m.ID
 	h["shadow"] = nilIfEmpty(m.Shadow)
-	h["eta"] = isoOrNil(m.ETA)
-	h["expires"] = isoOrNil(m.Expires)
+	h["eta"] = ISOOrNil(m.ETA)
+	h["expires"] = ISOOrNil(m.Expires)
 	h["group"] = nilIfEmpty(m.Group)
 	h["group_index"] = groupIndex
 	h["retries"] = int64(m.Retries)
@@ -144,9 +144,9 @@ func (m *Message) headersV2() map[string]any {
 	return h
 }
 
-// isoOrNil gives eta/expires as Celery sends them: ISO strings, not
-// kombu datetime envelopes.
-func isoOrNil(t time.Time) any {
+// ISOOrNil gives a time as Celery sends eta, expires and time_start: an
+// ISO string (not a kombu datetime envelope), or nil for the zero time.
+func ISOOrNil(t time.Time) any {
 	if t.IsZero() {
 		return nil
 	}
@@ -251,7 +251,7 @@ func (m *Message) bodyV1() map[string]any {
 	return map[string]any{
 		"task": m.Task, "id": m.ID, "args": args, "kwargs": kwargs,
 		"group": nilIfEmpty(m.Group), "group_index": groupIndex,
-		"retries": int64(m.Retries), "eta": isoOrNil(m.ETA), "expires": isoOrNil(m.Expires),
+		"retries": int64(m.Retries), "eta": ISOOrNil(m.ETA), "expires": ISOOrNil(m.Expires),
 		"utc": true, "callbacks": sigsOrNil(m.Callbacks), "errbacks": sigsOrNil(m.Errbacks),
 		"timelimit": []any{seconds(m.TimeLimit.Hard), seconds(m.TimeLimit.Soft)},
 		"taskset":   nilIfEmpty(m.Group), "chord": chord,
