@@ -516,4 +516,3 @@ func stringList(v any) []string {
 }
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-
