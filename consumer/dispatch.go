@@ -235,23 +235,28 @@ func (w *Worker) store(m *results.Meta) {
 }
 
 // finish stores a ready state (unless the result is ignored) and then lets
-// the workflow go on: the chord join, failed chain steps, errbacks.
-func (w *Worker) finish(r *Request, m *results.Meta, store bool) {
+// the workflow go on: the chord join, failed chain steps, errbacks. It
+// reports whether the message should be redelivered rather than settled:
+// the workflow could not reach the result backend (results.ErrUnavailable),
+// so the chord part is not recorded and its body maybe never sent.
+func (w *Worker) finish(r *Request, m *results.Meta, store bool) (redeliver bool) {
 	if store {
 		w.store(m)
 	}
 	if !r.hasWorkflow() {
-		return
+		return false
 	}
 	if w.cfg.Workflow == nil {
 		w.log.Error("Workflow after task not continued", "task", r.Name(), "id", r.ID, "state", m.Status, "err", ErrNoWorkflow)
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := w.cfg.Workflow.Finished(ctx, r.Message, m.Status, m.Result); err != nil {
 		w.log.Error("Workflow after task failed", "task", r.Name(), "id", r.ID, "state", m.Status, "err", err)
+		return errors.Is(err, results.ErrUnavailable)
 	}
+	return false
 }
 
 // hasWorkflow reports whether anything follows the task: the common case

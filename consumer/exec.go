@@ -91,8 +91,17 @@ func (w *Worker) execute(j *job) {
 	runtime := time.Since(start)
 	terminated := w.trackDone(j)
 
+	redeliver := false // set when the workflow asks for the message again
 	settleLate := func(ok bool, requeue bool) {
 		if !acksLate {
+			return
+		}
+		if redeliver {
+			// The chord join could not reach the result backend: the
+			// broker gives the message back, and the part is recorded
+			// when it runs again (the join is safe to repeat).
+			w.log.Warn("Chord join could not reach the result backend: message requeued for another try", "task", r.Name(), "id", r.ID)
+			w.reject(j.d, true)
 			return
 		}
 		if ok {
@@ -117,7 +126,7 @@ func (w *Worker) execute(j *job) {
 		hard, _ := limits(j)
 		w.log.Error("Hard time limit exceeded: handler abandoned", "task", r.Name(), "id", r.ID, "limit", hard)
 		w.observeFailure(r, results.TimeLimitExceeded(hard.Seconds()), "", runtime)
-		w.finish(r, w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""), !ignore)
+		redeliver = w.finish(r, w.failureMeta(r, results.TimeLimitExceeded(hard.Seconds()), ""), !ignore)
 		settleLate(acksOnFailure, true)
 	case o.err == nil:
 		if w.log.Enabled(context.Background(), slog.LevelInfo) { // the repr costs more than the task
@@ -132,7 +141,7 @@ func (w *Worker) execute(j *job) {
 			break
 		}
 		w.observe(TaskSucceeded, r, func(e *TaskEvent) { e.Result, e.Runtime = o.value, runtime })
-		w.finish(r, w.meta(r, results.Success, o.value), !ignore)
+		redeliver = w.finish(r, w.meta(r, results.Success, o.value), !ignore)
 		settleLate(true, false)
 	case errors.Is(o.err, ErrIgnore):
 		settleLate(true, false)
@@ -155,7 +164,7 @@ func (w *Worker) execute(j *job) {
 		w.log.Error(fmt.Sprintf("Task %s[%s] raised unexpected: %v", r.Name(), r.ID, o.err))
 		fm := w.failureMeta(r, w.exception(j, o.err), o.traceback)
 		w.observeFailure(r, fm.Result.(*results.Exception), fm.Traceback, runtime)
-		w.finish(r, fm, !ignore)
+		redeliver = w.finish(r, fm, !ignore)
 		settleLate(acksOnFailure, false)
 	}
 }

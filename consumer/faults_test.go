@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -329,4 +330,32 @@ func waitTrue(t *testing.T, what string, f func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// unreachableWorkflow fails every chord join as producer.Workflow does when
+// the result backend stays unreachable through its retries.
+type unreachableWorkflow struct{}
+
+func (unreachableWorkflow) Succeeded(context.Context, *protocol.Message, any) error { return nil }
+func (unreachableWorkflow) Finished(context.Context, *protocol.Message, string, any) error {
+	return fmt.Errorf("chord join: %w", results.ErrUnavailable)
+}
+
+// A chord part whose join cannot reach the result backend is not acked: a
+// late-ack message goes back to the queue, so the part is recorded and the
+// body published when it runs again (before the fix it was acked and the
+// chord never completed).
+func TestChordJoinUnavailableRedelivers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		mux.HandleFunc("part", func(ctx context.Context, r *consumer.Request) (any, error) { return 1, nil })
+		b, be, _ := consumertest.StartWorker(t, mux, consumer.Config{AcksLate: true, Workflow: unreachableWorkflow{}})
+		b.Send(t, "1", &protocol.Message{ID: "p1", Task: "part", Group: "g1",
+			Chord: &protocol.Signature{Task: "body", Options: map[string]any{"task_id": "b1"}}})
+		b.WaitEvent(t, "reject:1:true")
+		be.WaitAny(t, "p1", results.Success)
+		if acks := b.Acks(); len(acks) != 0 {
+			t.Errorf("acked %v", acks)
+		}
+	})
 }

@@ -39,7 +39,9 @@ type Backend interface {
 // Workflow continues a canvas after a task ran: callbacks and the next
 // chain step on success (before the result is stored, as Celery does),
 // then the chord join, failed chain steps and errbacks once a ready state
-// is stored. *producer.Workflow implements it.
+// is stored. *producer.Workflow implements it. A Finished error that wraps
+// results.ErrUnavailable (the result backend stayed unreachable) sends a
+// late-ack message back to the queue instead of acking it.
 type Workflow interface {
 	Succeeded(ctx context.Context, m *protocol.Message, value any) error
 	Finished(ctx context.Context, m *protocol.Message, state string, result any) error
