@@ -34,10 +34,17 @@ crontab.from_string; day of week 0 = Sunday, names like mon-fri; a
 restricted day of month AND day of week must both match), "every 10s", or
 "at 2026-12-24T18:00:00Z" (once). The store is celery-redbeat's layout: a
 Python "celery beat -S redbeat.RedBeatScheduler" with the same
-redbeat_key_prefix shares it (and the lock).`
+redbeat_key_prefix shares it (and the lock).
+
+With --store postgres://user:pw@host/db [--schema periodic_task|django] the
+schedule is in PostgreSQL instead ("gocelery beat migrate --store ..."
+creates the periodic_task table); every command above works there too.`
 
 // runBeat is "gocelery beat": the scheduler, or a store subcommand.
 func runBeat(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	if usesPostgres(args) { // --store postgres://... or "migrate": beat_postgres.go
+		return runBeatPostgres(ctx, args, stdout, stderr)
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		sub, rest := args[0], args[1:]
 		switch sub {
