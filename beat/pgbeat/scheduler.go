@@ -519,7 +519,7 @@ func (ld *leader) fire(ctx context.Context, due []*item, now time.Time) error {
 		if p.skip {
 			p.inc, state = 0, "skipped"
 		}
-		p.claim = claim{DueMS: p.due.UnixMilli(), TaskID: beat.TaskID(e.Name, p.due), Fence: ld.ls.fence, State: state}
+		p.claim = claim{DueMS: p.due.UnixMilli(), TaskID: taskID(ld.store.schema, e.Name, p.due), Fence: ld.ls.fence, State: state}
 		after := *e.Entry
 		after.RunNow = time.Time{}
 		p.next = after.NextRun(now)
@@ -762,4 +762,11 @@ func sortByNext(es []*beat.Entry) {
 		}
 		return a.Before(b)
 	})
+}
+
+// taskID is the id of a run: beat's derivation from the entry and its due
+// time, with the schema in the name, so same-named entries of the two
+// schemas (in one database, sharing one result backend) never share ids.
+func taskID(schema Schema, name string, due time.Time) string {
+	return beat.TaskID(string(schema)+":"+name, due)
 }
