@@ -68,6 +68,10 @@ type Options struct {
 	// was missed (while the subscription was reconnecting, for example).
 	// Zero means 5 seconds.
 	RecheckInterval time.Duration
+	// TransportOptions are result_backend_transport_options for the
+	// connection OpenRedis makes: master_name and sentinel_kwargs for a
+	// sentinel:// URL, socket_timeout and the like for any.
+	TransportOptions map[string]any
 }
 
 // Redis is a Celery-compatible Redis result backend. It is safe for
@@ -131,7 +135,11 @@ func ttl(d, def time.Duration) time.Duration {
 // URL: redis://[[user]:password@]host[:port][/db], rediss://... or
 // unix://path. For rediss, Celery's ssl_cert_reqs (required, optional,
 // none, or the CERT_* names), ssl_ca_certs, ssl_certfile and ssl_keyfile
-// query parameters are understood; other parameters are go-redis's. The
+// query parameters are understood; other parameters are go-redis's.
+// Celery's SentinelBackend form,
+// sentinel://[:password@]host:26379[/db];sentinel://host2:26379;..., opens
+// go-redis's failover client, with opts.TransportOptions["master_name"]
+// (required) and the other options redisurl.ParseSentinel reads. The
 // returned backend owns the connection: Close closes it.
 func OpenRedis(rawURL string, opts Options) (*Redis, error) {
 	if opts.Compression != "" {
@@ -139,11 +147,11 @@ func OpenRedis(rawURL string, opts Options) (*Redis, error) {
 			return nil, fmt.Errorf("results: unknown result compression %q: %w", opts.Compression, protocol.ErrUnsupportedCompression)
 		}
 	}
-	ropts, err := redisurl.Parse(rawURL, nil)
+	c, err := redisurl.NewClient(rawURL, opts.TransportOptions, nil)
 	if err != nil {
 		return nil, fmt.Errorf("results: backend URL: %w", err)
 	}
-	r := NewRedis(redis.NewClient(ropts), opts)
+	r := NewRedis(c.Client, opts)
 	r.ownsClient = true
 	return r, nil
 }

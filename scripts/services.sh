@@ -144,6 +144,11 @@ ensure_staticcheck() {
     log "staticcheck: installed in $gobin (add it to PATH)"
 }
 
+# The failover rigs, started and stopped by the tests that need them.
+case "${1:-}" in
+sentinel-* | cluster-*) exec "$ROOT/scripts/ha.sh" "$@" ;;
+esac
+
 ensure_redis
 ensure_rabbitmq
 ensure_postgres

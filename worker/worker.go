@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ import (
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/control"
 	"github.com/gocelery/gocelery/events"
+	"github.com/gocelery/gocelery/internal/redisurl"
 	"github.com/gocelery/gocelery/metrics"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
@@ -77,7 +79,36 @@ type Options struct {
 	// visibility_timeout and unacked_restore_interval.
 	VisibilityTimeout time.Duration
 	RestoreInterval   time.Duration
+	// BrokerTransportOptions and ResultBackendTransportOptions are
+	// Celery's broker_transport_options and
+	// result_backend_transport_options (master_name, sentinel_kwargs,
+	// socket_timeout, ... for sentinel:// URLs), from repeated
+	// --broker-transport-option / --result-backend-transport-option.
+	BrokerTransportOptions        map[string]any
+	ResultBackendTransportOptions map[string]any
+	// BrokerFailoverStrategy is Celery's broker_failover_strategy for a
+	// broker_url list (amqp://h1//;amqp://h2//): round-robin (default)
+	// or shuffle.
+	BrokerFailoverStrategy string
 }
+
+// TransportOptionsFlag is a repeatable KEY=VALUE flag filling m, as
+// Celery's broker_transport_options: VALUE is JSON when it parses as
+// JSON (2.5, true, {"password": "x"}), else a plain string.
+func TransportOptionsFlag(m map[string]any) flag.Value { return optionsFlag(m) }
+
+type optionsFlag map[string]any
+
+func (f optionsFlag) String() string {
+	keys := make([]string, 0, len(f))
+	for k := range f {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, ",")
+}
+
+func (f optionsFlag) Set(kv string) error { return redisurl.ParseOption(f, kv) }
 
 // ParseFlags reads Celery-like flags; environment variables
 // CELERY_BROKER_URL and CELERY_RESULT_BACKEND give the defaults, as for
@@ -92,9 +123,18 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 		}
 		return def
 	}
-	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://, redis://, rediss://; env CELERY_BROKER_URL)")
+	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://, redis://, rediss://, sentinel://; a failover list amqp://h1//;amqp://h2//; env CELERY_BROKER_URL)")
 	fs.StringVar(&o.BrokerURL, "b", o.BrokerURL, "shorthand for --broker")
-	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://, rpc://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://, rpc://, sentinel://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	if o.BrokerTransportOptions == nil {
+		o.BrokerTransportOptions = make(map[string]any)
+	}
+	if o.ResultBackendTransportOptions == nil {
+		o.ResultBackendTransportOptions = make(map[string]any)
+	}
+	fs.Var(TransportOptionsFlag(o.BrokerTransportOptions), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON (master_name=mymaster, sentinel_kwargs={\"password\":\"x\"})")
+	fs.Var(TransportOptionsFlag(o.ResultBackendTransportOptions), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
+	fs.StringVar(&o.BrokerFailoverStrategy, "broker-failover-strategy", "round-robin", "order in which a broker URL list is tried: round-robin or shuffle (broker_failover_strategy)")
 	fs.BoolVar(&o.ResultPersistent, "result-persistent", false, "rpc:// results: send states as persistent messages (result_persistent)")
 	var queues string
 	fs.StringVar(&queues, "queues", "", "comma-separated queues to consume (required; Celery's -Q)")
@@ -146,6 +186,11 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	}
 	if len(o.Queues) == 0 {
 		return nil, errors.New("name the queues to consume with -Q (the worker never consumes a queue it was not told to)")
+	}
+	switch o.BrokerFailoverStrategy {
+	case "round-robin", "shuffle":
+	default:
+		return nil, fmt.Errorf("--broker-failover-strategy: want round-robin or shuffle, got %q", o.BrokerFailoverStrategy)
 	}
 	switch *unknown {
 	case "dead-letter":
@@ -223,7 +268,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	if isRPC(o.ResultBackendURL) {
 		backend = results.NewRPC(b, results.RPCOptions{Persistent: o.ResultPersistent})
 	} else if o.ResultBackendURL != "" {
-		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{}); err != nil {
+		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{TransportOptions: o.ResultBackendTransportOptions}); err != nil {
 			return fmt.Errorf("result backend: %w", err)
 		}
 		defer rb.Close()
@@ -240,7 +285,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	var dispatcher *events.Dispatcher
 	if !o.WithoutHeartbeat {
 		kind := "topic"
-		if strings.HasPrefix(o.BrokerURL, "redis") {
+		if strings.HasPrefix(o.BrokerURL, "redis") || redisurl.IsSentinel(o.BrokerURL) {
 			kind = "fanout" // Celery declares the event exchange as fanout on Redis
 		}
 		dispatcher = events.New(b, events.Config{
@@ -341,7 +386,8 @@ type Broker interface {
 
 // brokerInfo describes the broker URL for the stats command.
 func brokerInfo(rawURL string) control.BrokerInfo {
-	u, err := url.Parse(rawURL)
+	first, _, _ := strings.Cut(rawURL, ";") // a failover list: the first URL
+	u, err := url.Parse(first)
 	if err != nil {
 		return control.BrokerInfo{}
 	}
@@ -358,7 +404,8 @@ func brokerInfo(rawURL string) control.BrokerInfo {
 
 func openBroker(ctx context.Context, o *Options, log *slog.Logger) (Broker, func(), error) {
 	b, err := DialBroker(ctx, o.BrokerURL, DialOptions{Logger: log, GlobalQoS: true,
-		VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
+		VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
+		TransportOptions: o.BrokerTransportOptions, FailoverStrategy: o.BrokerFailoverStrategy})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -374,10 +421,19 @@ type DialOptions struct {
 	GlobalQoS bool
 	// VisibilityTimeout and RestoreInterval are kombu's Redis settings.
 	VisibilityTimeout, RestoreInterval time.Duration
+	// TransportOptions are broker_transport_options (master_name and
+	// sentinel_kwargs for sentinel:// URLs).
+	TransportOptions map[string]any
+	// FailoverStrategy is broker_failover_strategy for an AMQP URL list:
+	// "round-robin" (or "") or "shuffle".
+	FailoverStrategy string
 }
 
 // DialBroker connects to the broker a Celery broker URL names: amqp://,
-// amqps://, pyamqp://, redis:// or rediss://.
+// amqps://, pyamqp://, redis://, rediss://, or Celery's Sentinel list
+// sentinel://host:26379;sentinel://host2:26379 (o.TransportOptions must
+// name master_name). A ";"-separated list of AMQP URLs is a failover
+// list, tried in o.FailoverStrategy's order.
 func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) {
 	scheme, _, _ := strings.Cut(url, "://")
 	var b Broker
@@ -385,10 +441,11 @@ func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) 
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
 		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS})
-	case "redis", "rediss":
-		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval})
+	case "redis", "rediss", "sentinel":
+		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
+			TransportOptions: o.TransportOptions})
 	default:
-		return nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://)", scheme)
+		return nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://, sentinel://)", scheme)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)

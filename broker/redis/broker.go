@@ -104,6 +104,17 @@ type Options struct {
 	// TLSConfig is used for rediss:// URLs; nil verifies the server
 	// against the system roots and the URL's host name.
 	TLSConfig *tls.Config
+	// TransportOptions are Celery's broker_transport_options that name
+	// the connection: for sentinel:// URLs master_name (required),
+	// sentinel_kwargs and the socket options (see Dial).
+	TransportOptions map[string]any
+	// WaitReplicas makes Publish confirm a message only once that many
+	// replicas have it (WAIT, up to WaitTimeout, default 1s; else it is
+	// sent again): behind Sentinel, a master that dies or is demoted
+	// then cannot take confirmed messages with it. Transport option
+	// wait_replicas (gocelery's; kombu ignores it).
+	WaitReplicas int
+	WaitTimeout  time.Duration
 }
 
 // Defaults for Options.
@@ -126,7 +137,14 @@ const (
 	maxBackoff = 5 * time.Second
 )
 
+// errNotReplicated is a push too few replicas acknowledged; Publish
+// retries it as it does a connection error.
+var errNotReplicated = errors.New("redis: publish not replicated in time")
+
 func (o *Options) defaults() {
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -177,21 +195,22 @@ type Broker struct {
 // Dial connects to the Redis server at url, a Celery broker URL:
 // redis://[user:password@]host[:port][/db], rediss://... for TLS (with
 // Celery's ssl_cert_reqs, ssl_ca_certs, ssl_certfile and ssl_keyfile query
-// parameters), or unix:///path?db=N. The database number is kombu's virtual
-// host (default 0). Redis is pinged once: an unreachable server or a
+// parameters), unix:///path?db=N, or Celery's Sentinel list
+// sentinel://[:password@]host:26379[/db];sentinel://host2:26379;... with
+// opts.TransportOptions["master_name"]. The database number is kombu's
+// virtual host (default 0). Redis is pinged once: an unreachable server or a
 // refused password is an error. Later outages are ridden out: go-redis
 // redials, and the components retry with backoff until Close.
 func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
-	ropts, redacted, err := parseURL(url, opts.TLSConfig)
+	client, db, redacted, err := newClient(url, &opts)
 	if err != nil {
 		return nil, err
 	}
-	client := redis.NewClient(ropts)
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("redis: dial %s: %w", redacted, err)
 	}
-	b := New(client, ropts.DB, opts)
+	b := New(client, db, opts)
 	b.owns = true
 	return b, nil
 }
@@ -664,19 +683,43 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publishing) error {
 		if err != nil {
 			return err
 		}
-		switch len(queues) {
-		case 0:
+		switch {
+		case len(queues) == 0:
 			unroutable = true
 			return nil
-		case 1:
+		case len(queues) == 1 && b.opts.WaitReplicas == 0:
 			return b.client.LPush(ctx, b.keys.listFor(queues[0], p.Properties.Priority), data).Err()
 		}
-		_, err = b.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, q := range queues {
-				pipe.LPush(ctx, b.keys.listFor(q, p.Properties.Priority), data)
+		var tx redis.Cmdable = b.client
+		single, _ := b.client.(*redis.Client)
+		var conn *redis.Conn
+		if b.opts.WaitReplicas > 0 && single != nil {
+			conn = single.Conn() // WAIT counts this connection's writes
+			defer conn.Close()
+			tx = conn
+		}
+		if len(queues) == 1 {
+			err = tx.LPush(ctx, b.keys.listFor(queues[0], p.Properties.Priority), data).Err()
+		} else {
+			var cmds []redis.Cmder
+			cmds, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+				for _, q := range queues {
+					pipe.LPush(ctx, b.keys.listFor(q, p.Properties.Priority), data)
+				}
+				return nil
+			})
+			for _, c := range cmds { // EXECABORT: say why, NOREPLICAS is retried
+				if err != nil && isTransientReply(c.Err()) {
+					err = c.Err()
+				}
 			}
-			return nil
-		})
+		}
+		if err == nil && conn != nil {
+			var n int64
+			if n, err = conn.Wait(ctx, b.opts.WaitReplicas, b.opts.WaitTimeout).Result(); err == nil && n < int64(b.opts.WaitReplicas) {
+				return fmt.Errorf("%w: %d of %d replicas have it", errNotReplicated, n, b.opts.WaitReplicas)
+			}
+		}
 		return err
 	})
 	if err != nil {

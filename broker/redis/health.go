@@ -91,14 +91,16 @@ func isConnError(err error) bool {
 
 // isTransientReply reports an error reply that means "not now" rather
 // than "wrong": the server is loading its data set, is a replica after a
-// failover, or is busy with a script.
+// failover (or a master without the replicas min-replicas-to-write asks
+// for, or whose blocked client a demotion unblocked), or is busy with a
+// script.
 func isTransientReply(err error) bool {
 	var re redis.Error
 	if !errors.As(err, &re) {
 		return false
 	}
 	msg := re.Error()
-	for _, p := range [...]string{"LOADING", "READONLY", "MASTERDOWN", "BUSY ", "TRYAGAIN", "CLUSTERDOWN"} {
+	for _, p := range [...]string{"LOADING", "READONLY", "MASTERDOWN", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "UNBLOCKED"} {
 		if len(msg) >= len(p) && msg[:len(p)] == p {
 			return true
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -29,10 +30,10 @@ func parseURL(raw string, tlsConfig *tls.Config) (*redis.Options, string, error)
 	redacted := u.Redacted()
 	switch strings.ToLower(u.Scheme) {
 	case "redis", "rediss", "unix":
-	case "sentinel", "sentinels":
-		return nil, "", fmt.Errorf("%w: %s: Sentinel URLs are not supported; pass a redis.NewFailoverClient to New", ErrURL, redacted)
+	case "sentinel":
+		return nil, "", fmt.Errorf("%w: %s: a Sentinel URL list opens with newClient", ErrURL, redacted)
 	default:
-		return nil, "", fmt.Errorf("%w: scheme %q (want redis, rediss or unix)", ErrURL, u.Scheme)
+		return nil, "", fmt.Errorf("%w: scheme %q (want redis, rediss, unix or sentinel)", ErrURL, u.Scheme)
 	}
 	opts, err := redisurl.Parse(raw, tlsConfig)
 	if err != nil {
@@ -43,4 +44,39 @@ func parseURL(raw string, tlsConfig *tls.Config) (*redis.Options, string, error)
 	}
 	opts.ContextTimeoutEnabled = true
 	return opts, redacted, nil
+}
+
+// newClient opens the client for a broker URL: parseURL's forms, or
+// Celery's Sentinel list sentinel://host:26379[/db];sentinel://...
+// with the transport options kombu's SentinelChannel reads (master_name
+// required; see redisurl.ParseSentinel). A Sentinel client is go-redis's
+// failover client: each new connection asks the sentinels for the
+// master, and connections to a replaced master are closed, so the
+// components' retries and BRPOP land on the new master.
+//
+// The transport option wait_replicas (a number) fills opts.WaitReplicas
+// when that is zero.
+func newClient(raw string, opts *Options) (*redis.Client, int, string, error) {
+	if v, ok := opts.TransportOptions["wait_replicas"]; ok && opts.WaitReplicas == 0 {
+		n, err := strconv.Atoi(strings.TrimSuffix(fmt.Sprint(v), ".0"))
+		if err != nil || n < 0 {
+			return nil, 0, "", fmt.Errorf("%w: transport option wait_replicas: %v is not a count", ErrURL, v)
+		}
+		opts.WaitReplicas = n
+	}
+	if !redisurl.IsSentinel(raw) {
+		ropts, redacted, err := parseURL(raw, opts.TLSConfig)
+		if err != nil {
+			return nil, 0, "", err
+		}
+		return redis.NewClient(ropts), ropts.DB, redacted, nil
+	}
+	c, err := redisurl.NewClient(raw, opts.TransportOptions, opts.TLSConfig)
+	if err != nil {
+		if errors.Is(err, redisurl.ErrURL) {
+			return nil, 0, "", fmt.Errorf("%w: %s: %v", ErrURL, redisurl.Redact(raw), err)
+		}
+		return nil, 0, "", err
+	}
+	return c.Client, c.DB, c.Redacted, nil
 }

@@ -27,7 +27,7 @@ func TestParseURL(t *testing.T) {
 		{url: "rediss://h/0?ssl_cert_reqs=maybe", err: true},
 		{url: "redis://h/x", err: true},
 		{url: "amqp://h/", err: true},
-		{url: "sentinel://h:26379", err: true},
+		{url: "sentinel://h:26379", err: true}, // newClient opens these
 		{url: "::", err: true},
 	}
 	for _, tt := range tests {

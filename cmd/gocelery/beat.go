@@ -66,6 +66,9 @@ func runBeat(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 // storeFlags are the flags every beat command has.
 type storeFlags struct {
 	redisURL, prefix string
+	// options are redbeat's redis options for a sentinel:// store URL
+	// (master_name, sentinel_kwargs, socket_timeout), Celery's names.
+	options map[string]any
 }
 
 func envOr(k, def string) string {
@@ -78,15 +81,16 @@ func envOr(k, def string) string {
 func (sf *storeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&sf.redisURL, "redis", envOr("REDBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis holding the schedule (redbeat_redis_url; env REDBEAT_REDIS_URL; gocelery beat defaults to the Redis result backend, then a Redis broker)")
 	fs.StringVar(&sf.prefix, "key-prefix", beat.DefaultKeyPrefix, "key prefix (redbeat_key_prefix)")
+	sf.options = make(map[string]any)
+	fs.Var(worker.TransportOptionsFlag(sf.options), "redis-transport-option", "KEY=VALUE for the store's connection, repeatable (master_name=mymaster for a sentinel:// --redis); VALUE may be JSON")
 }
 
 func (sf *storeFlags) open() (goredis.UniversalClient, *beat.Store, error) {
-	opts, err := redisurl.Parse(sf.redisURL, nil)
+	c, err := redisurl.NewClient(sf.redisURL, sf.options, nil)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--redis: %w", err)
 	}
-	rdb := goredis.NewClient(opts)
-	return rdb, beat.NewStore(rdb, sf.prefix), nil
+	return c.Client, beat.NewStore(c.Client, sf.prefix), nil
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -100,7 +104,10 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	var sf storeFlags
 	sf.register(fs)
 	brokerURL := fs.String("broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, redis://; env CELERY_BROKER_URL)")
-	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://): the last run's state and result are recorded on the entry")
+	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, sentinel://): the last run's state and result are recorded on the entry")
+	bopts, ropts := make(map[string]any), make(map[string]any)
+	fs.Var(worker.TransportOptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(worker.TransportOptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
 	file := fs.String("schedule-file", "", "YAML schedule file synced into the store on start (entries removed from it are removed)")
 	ttl := fs.Duration("lock-ttl", beat.DefaultLockTTL, "leader lock TTL: a dead leader is replaced within it")
 	missed := fs.String("missed", "once", "a run found late (downtime, clock jump): once (send it once) or skip (if later than --grace)")
@@ -135,9 +142,12 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	redisSet := os.Getenv("REDBEAT_REDIS_URL") != ""
 	fs.Visit(func(f *flag.Flag) { redisSet = redisSet || f.Name == "redis" })
 	if !redisSet {
-		for _, u := range []string{*backendURL, *brokerURL} {
-			if strings.HasPrefix(u, "redis://") || strings.HasPrefix(u, "rediss://") {
+		for i, u := range []string{*backendURL, *brokerURL} {
+			if strings.HasPrefix(u, "redis://") || strings.HasPrefix(u, "rediss://") || redisurl.IsSentinel(u) {
 				sf.redisURL = u
+				if len(sf.options) == 0 { // the same connection as that URL's
+					sf.options = []map[string]any{ropts, bopts}[i]
+				}
 				break
 			}
 		}
@@ -157,14 +167,14 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Info("beat: schedule file synced", "file", *file, "entries", len(entries))
 	}
-	b, closeBroker, err := openBeatBroker(ctx, *brokerURL, log)
+	b, closeBroker, err := openBeatBroker(ctx, *brokerURL, bopts, log)
 	if err != nil {
 		return err
 	}
 	defer closeBroker()
 	var backend *results.Redis
 	if *backendURL != "" {
-		if backend, err = results.OpenRedis(*backendURL, results.Options{}); err != nil {
+		if backend, err = results.OpenRedis(*backendURL, results.Options{TransportOptions: ropts}); err != nil {
 			return err
 		}
 		defer backend.Close()
@@ -184,8 +194,8 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	return errors.Join(errs...)
 }
 
-func openBeatBroker(ctx context.Context, url string, log *slog.Logger) (producer.Broker, func(), error) {
-	b, err := worker.DialBroker(ctx, url, worker.DialOptions{Logger: log})
+func openBeatBroker(ctx context.Context, url string, topts map[string]any, log *slog.Logger) (producer.Broker, func(), error) {
+	b, err := worker.DialBroker(ctx, url, worker.DialOptions{Logger: log, TransportOptions: topts})
 	if err != nil {
 		return nil, nil, err
 	}
