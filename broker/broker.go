@@ -62,6 +62,22 @@ type Queue struct {
 	Quorum bool
 	// Arguments are extra x-arguments, passed as they are.
 	Arguments map[string]any
+	// Bindings, when set, are the queue's bindings exactly as kombu makes
+	// them, in this order, instead of the one binding Exchange and Key()
+	// imply: a key is taken verbatim (even ""), each exchange is declared
+	// as given. A kombu.Queue with an exchange and bindings= has both.
+	// Transports without bindings of their own (Redis) use Exchange and
+	// Key() only.
+	Bindings []Binding
+}
+
+// Binding binds a queue to an exchange with a routing key and arguments
+// (kombu's binding, or a Queue's exchange, routing_key and
+// binding_arguments).
+type Binding struct {
+	Exchange   Exchange
+	RoutingKey string
+	Arguments  map[string]any
 }
 
 // ExchangeName returns the exchange, defaulting to the queue name.

@@ -68,6 +68,12 @@ type Options struct {
 	// TLSConfig is used for amqps:// URLs; nil verifies the server
 	// against the system roots and the URL's host name.
 	TLSConfig *tls.Config
+	// StaticPrefetch keeps the prefetch of the first Consume: later
+	// SetPrefetch calls change nothing. Celery's worker runs quorum
+	// queues so (per-consumer QoS, "Prefetch count is now static"), and
+	// with GlobalQoS false a raise would otherwise take effect at the
+	// next reconnect only.
+	StaticPrefetch bool
 }
 
 func (o *Options) defaults() {
@@ -107,9 +113,10 @@ type Broker struct {
 
 	// qosMu serializes basic.qos so the value left in force on every
 	// consuming channel is the last one asked for.
-	qosMu    sync.Mutex
-	prefetch int
-	channels map[*consumeChannel]struct{}
+	qosMu       sync.Mutex
+	prefetch    int
+	prefetchSet bool // for StaticPrefetch
+	channels    map[*consumeChannel]struct{}
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -284,6 +291,9 @@ func declareExchangeOn(ch *amqp.Channel, ex broker.Exchange) error {
 		err = ch.ExchangeDeclare(ex.Name, ex.Kind, !ex.Transient, ex.AutoDelete, false, false, nil)
 	}
 	if err != nil {
+		if m := mismatchOf(err); m != nil {
+			err = m // a *MismatchError in the chain, for the worker's hint
+		}
 		if e := (*amqp.Error)(nil); errors.As(err, &e) && e.Code == amqp.PreconditionFailed {
 			return fmt.Errorf("amqp: declare exchange %q (%s, durable=%t, auto-delete=%t) differently from its existing declaration; "+
 				"declare it as Celery does, with DeclareExchange before the queues bound to it: %w",
@@ -467,13 +477,16 @@ func declareOn(ch *amqp.Channel, q broker.Queue, ex broker.Exchange) error {
 	if err != nil {
 		return fmt.Errorf("amqp: declare queue %q: %w", q.Name, err)
 	}
+	if len(q.Bindings) > 0 {
+		return declareBindingsOn(ch, q, table)
+	}
 	if ex.Name != "" {
 		if err := declareExchangeOn(ch, ex); err != nil {
 			return err
 		}
 	}
 	if _, err := ch.QueueDeclare(q.Name, !q.Transient, q.AutoDelete, q.Exclusive, false, table); err != nil {
-		return fmt.Errorf("amqp: declare queue %q: %w", q.Name, err)
+		return queueError(q.Name, err)
 	}
 	if ex.Name != "" {
 		// A fanout exchange ignores the key; kombu binds with "" there.
@@ -554,7 +567,10 @@ func (b *Broker) SetPrefetch(n int) error {
 	}
 	b.qosMu.Lock()
 	defer b.qosMu.Unlock()
-	b.prefetch = n
+	if b.opts.StaticPrefetch && b.prefetchSet {
+		return nil
+	}
+	b.prefetch, b.prefetchSet = n, true
 	var errs []error
 	for cc := range b.channels {
 		if cc.applied == n {
