@@ -85,6 +85,7 @@ type Redis struct {
 	failExpires time.Duration // 0: no expiry
 	compression string        // kombu MIME type, "" for none
 	recheck     time.Duration
+	writer      *stateWriter // batches concurrent Store calls
 }
 
 // NewRedis returns a backend using client. The caller keeps ownership of
@@ -97,6 +98,7 @@ func NewRedis(client redis.UniversalClient, opts Options) *Redis {
 		client:  client,
 		expires: ttl(opts.Expires, defaultExpires),
 		recheck: opts.RecheckInterval,
+		writer:  newStateWriter(client),
 	}
 	r.failExpires = r.expires
 	if opts.FailureExpires != 0 {
@@ -262,15 +264,7 @@ return 1
 // storeScripted runs storeScript; done is false when Go must read the
 // stored state itself.
 func (r *Redis) storeScripted(ctx context.Context, key string, data []byte, expires time.Duration) (done bool, err error) {
-	ttl := int64(0)
-	if expires > 0 {
-		ttl = expires.Milliseconds()
-	}
-	n, err := storeScript.Run(ctx, r.client, []string{key}, data, ttl).Int()
-	if err != nil {
-		return false, err
-	}
-	return n >= 0, nil
+	return r.writer.store(ctx, key, data, expires)
 }
 
 // set is Celery's RedisBackend._set: SETEX (or SET) and PUBLISH in one
