@@ -45,6 +45,7 @@ import (
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/broker/amqp"
 	"github.com/gocelery/gocelery/broker/redis"
+	"github.com/gocelery/gocelery/config"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/control"
 	"github.com/gocelery/gocelery/events"
@@ -90,6 +91,13 @@ type Options struct {
 	// broker_url list (amqp://h1//;amqp://h2//): round-robin (default)
 	// or shuffle.
 	BrokerFailoverStrategy string
+	// Topology is the config file's queue settings (task_queues,
+	// task_default_queue_type, ...), nil without --config; ResultExpires
+	// is its result_expires; ConfigWarnings name the settings it has that
+	// gocelery ignores. See config.Topology.
+	Topology       *config.Topology
+	ResultExpires  time.Duration
+	ConfigWarnings []string
 }
 
 // TransportOptionsFlag is a repeatable KEY=VALUE flag filling m, as
@@ -176,7 +184,11 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
 	level := fs.String("loglevel", "info", "debug, info, warning, error")
 	fs.StringVar(level, "l", "info", "shorthand for --loglevel")
+	configPath := fs.String("config", "", ConfigFlagUsage)
 	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := o.applyConfig(fs, *configPath); err != nil {
 		return nil, err
 	}
 	for _, q := range strings.Split(queues, ",") {
@@ -184,7 +196,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 			o.Queues = append(o.Queues, q)
 		}
 	}
-	if len(o.Queues) == 0 {
+	if len(o.Queues) == 0 && o.Topology == nil {
 		return nil, errors.New("name the queues to consume with -Q (the worker never consumes a queue it was not told to)")
 	}
 	switch o.BrokerFailoverStrategy {
@@ -248,8 +260,16 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 		defer pprof.StopCPUProfile()
 	}
 	o.Config.Logger = log
-	for _, q := range o.Queues {
-		o.Config.Queues = append(o.Config.Queues, broker.Queue{Name: q, MaxPriority: o.MaxPriority})
+	for _, w := range o.ConfigWarnings {
+		log.Warn("config: " + w)
+	}
+	plan, err := o.planTopology()
+	if err != nil {
+		return err
+	}
+	o.Config.Queues = plan.consumed
+	if plan.staticQoS {
+		log.Info("Global QoS is disabled. Prefetch count is now static.") // Celery's words, for quorum queues
 	}
 
 	sigs := make(chan os.Signal, 2)
@@ -258,17 +278,20 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 
-	b, closeBroker, err := openBroker(runCtx, o, log)
+	b, closeBroker, err := openBroker(runCtx, o, !plan.staticQoS, log)
 	if err != nil {
 		return err
 	}
 	defer closeBroker()
+	if err := plan.prepare(runCtx, o, b, log); err != nil {
+		return err
+	}
 	var backend consumer.Backend
 	var rb *results.Redis
 	if isRPC(o.ResultBackendURL) {
 		backend = results.NewRPC(b, results.RPCOptions{Persistent: o.ResultPersistent})
 	} else if o.ResultBackendURL != "" {
-		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{TransportOptions: o.ResultBackendTransportOptions}); err != nil {
+		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{TransportOptions: o.ResultBackendTransportOptions, Expires: o.ResultExpires}); err != nil {
 			return fmt.Errorf("result backend: %w", err)
 		}
 		defer rb.Close()
@@ -338,7 +361,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	// Remote control gets a connection of its own: on AMQP the prefetch is
 	// one value for every consuming channel of a connection, and the
 	// pidbox consumer must not change the task consumer's.
-	cb, closeControl, err := openBroker(runCtx, o, log)
+	cb, closeControl, err := openBroker(runCtx, o, true, log)
 	if err != nil {
 		return fmt.Errorf("remote control: %w", err)
 	}
@@ -402,8 +425,10 @@ func brokerInfo(rawURL string) control.BrokerInfo {
 	return info
 }
 
-func openBroker(ctx context.Context, o *Options, log *slog.Logger) (Broker, func(), error) {
-	b, err := DialBroker(ctx, o.BrokerURL, DialOptions{Logger: log, GlobalQoS: true,
+// openBroker dials the broker; globalQoS false is per-consumer QoS with a
+// static prefetch, for quorum queues.
+func openBroker(ctx context.Context, o *Options, globalQoS bool, log *slog.Logger) (Broker, func(), error) {
+	b, err := DialBroker(ctx, o.BrokerURL, DialOptions{Logger: log, GlobalQoS: globalQoS, StaticPrefetch: !globalQoS,
 		VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
 		TransportOptions: o.BrokerTransportOptions, FailoverStrategy: o.BrokerFailoverStrategy})
 	if err != nil {
@@ -417,8 +442,11 @@ func openBroker(ctx context.Context, o *Options, log *slog.Logger) (Broker, func
 type DialOptions struct {
 	Logger *slog.Logger
 	// GlobalQoS applies the prefetch to the whole AMQP channel, as a
-	// worker wants.
-	GlobalQoS bool
+	// worker wants on classic queues; StaticPrefetch keeps the first
+	// prefetch (Celery's worker on quorum queues: per-consumer QoS,
+	// without GlobalQoS, and no raise for ETA tasks).
+	GlobalQoS      bool
+	StaticPrefetch bool
 	// VisibilityTimeout and RestoreInterval are kombu's Redis settings.
 	VisibilityTimeout, RestoreInterval time.Duration
 	// TransportOptions are broker_transport_options (master_name and
@@ -440,7 +468,7 @@ func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) 
 	var err error
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
-		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS})
+		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch})
 	case "redis", "rediss", "sentinel":
 		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
 			TransportOptions: o.TransportOptions})
