@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -72,6 +73,12 @@ type Config struct {
 	// Revoker sends revoke commands for AsyncResult.Revoke;
 	// *control.Client provides it.
 	Revoker Revoker
+	// Queues are task_queues as the Python app declares them
+	// (config.Topology.Declared gives them from a config file): a queue
+	// the producer declares before sending to it is declared so, and with
+	// a quorum queue among them, countdowns and ETAs go through RabbitMQ's
+	// native delayed delivery as Celery >= 5.5 sends them.
+	Queues []broker.Queue
 }
 
 // Revoker revokes tasks on the workers, as app.control.revoke does.
@@ -89,6 +96,7 @@ type Producer struct {
 	cfg      Config
 	declared sync.Map // queue names declared already, as kombu caches them
 	enc      protocol.Encoder
+	quorum   bool // a quorum queue among cfg.Queues: native delayed delivery
 }
 
 // New returns a producer; backend may be nil when no result is read.
@@ -101,7 +109,8 @@ func New(b Broker, backend Backend, cfg Config) *Producer {
 		cfg.Origin = "gen" + strconv.Itoa(os.Getpid()) + "@" + host
 	}
 	return &Producer{broker: b, backend: backend, cfg: cfg,
-		enc: protocol.Encoder{Serializer: cfg.Serializer, Compression: cfg.Compression}}
+		enc:    protocol.Encoder{Serializer: cfg.Serializer, Compression: cfg.Compression},
+		quorum: slices.ContainsFunc(cfg.Queues, broker.Queue.IsQuorum)}
 }
 
 // Options are apply_async's options. Build them with the Option functions.
@@ -278,12 +287,17 @@ func (p *Producer) send(ctx context.Context, name string, args []any, kwargs map
 		// Celery declares the target queue before publishing, so a queue
 		// no worker declared yet still keeps the message.
 		if _, ok := p.declared.Load(key); !ok {
-			if err := p.broker.Declare(ctx, broker.Queue{Name: key}); err != nil {
+			q, ok := p.queueNamed(key)
+			if !ok {
+				q = broker.Queue{Name: key}
+			}
+			if err := p.broker.Declare(ctx, q); err != nil {
 				return nil, fmt.Errorf("producer: declare queue %q: %w", key, err)
 			}
 			p.declared.Store(key, true)
 		}
 	}
+	exchange, key = p.nativeDelay(exchange, key, o.ETA)
 	if err := p.broker.Publish(ctx, broker.Publishing{Raw: *raw, Exchange: exchange, RoutingKey: key, Mandatory: true}); err != nil {
 		return nil, fmt.Errorf("producer: send %s[%s]: %w", name, o.TaskID, err)
 	}

@@ -90,13 +90,18 @@ func Register(mux *consumer.Mux, rdb redis.UniversalClient) {
 	})
 	mux.HandleFunc("interop.retry", func(ctx context.Context, r *consumer.Request) (any, error) {
 		var a struct {
-			Times int `json:"times"`
+			Times     int     `json:"times"`
+			Countdown float64 `json:"countdown"` // seconds; 0.1 when unset
 		}
 		if err := consumer.Bind(r, &a); err != nil {
 			return nil, err
 		}
 		if r.Retries < a.Times {
-			re := consumer.Retry(100*time.Millisecond, &ValueError{fmt.Sprintf("retry %d of %d", r.Retries+1, a.Times)})
+			countdown := 100 * time.Millisecond
+			if a.Countdown > 0 {
+				countdown = time.Duration(a.Countdown * float64(time.Second))
+			}
+			re := consumer.Retry(countdown, &ValueError{fmt.Sprintf("retry %d of %d", r.Retries+1, a.Times)})
 			re.MaxRetries = consumer.Int(a.Times)
 			return nil, re
 		}
