@@ -116,8 +116,13 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	queue := fs.String("default-queue", "celery", "queue for entries that name none (task_default_queue)")
 	syncEvery := fs.Duration("sync-interval", 30*time.Second, "re-read the whole store this often (changes made by gocelery are seen at once)")
 	level := fs.String("loglevel", "info", "debug, info, warning, error")
+	cfgFile := celeryConfig{brokerOptions: bopts, backendOptions: ropts}
+	cfgFile.register(fs)
 	fs.Usage = func() { fmt.Fprintln(stderr, beatUsage+"\n\nflags:"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := cfgFile.apply(fs, stderr); err != nil {
 		return err
 	}
 	var lv slog.Level

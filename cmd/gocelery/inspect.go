@@ -90,6 +90,8 @@ func runRemote(ctx context.Context, kind string, cmds map[string]remoteCommand, 
 	fs.StringVar(dest, "d", "", "shorthand for --destination")
 	asJSON := fs.Bool("json", false, "print the replies as JSON")
 	fs.BoolVar(asJSON, "j", false, "shorthand for --json")
+	cfg := celeryConfig{brokerOptions: topts}
+	cfg.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: gocelery %s [flags] COMMAND [args]\n\ncommands:\n", kind)
 		names := make([]string, 0, len(cmds))
@@ -115,6 +117,9 @@ func runRemote(ctx context.Context, kind string, cmds map[string]remoteCommand, 
 		}
 		positional = append(positional, fs.Arg(0))
 		rest = fs.Args()[1:]
+	}
+	if err := cfg.apply(fs, stderr); err != nil {
+		return err
 	}
 	if len(positional) == 0 {
 		fs.Usage()
