@@ -43,7 +43,7 @@ func TestStaleRequestsDoNotRun(t *testing.T) {
 		}},
 		{"waiting for its rate limit", func(t *testing.T, b *consumertest.Broker, w *consumer.Worker, release chan struct{}) {
 			close(release)
-			if err := w.SetRateLimit("victim", "2/s"); err != nil {
+			if err := w.Remote().SetRateLimit("victim", "2/s"); err != nil {
 				t.Fatal(err)
 			}
 			b.Send(t, "first", msg("f1", "victim"))
@@ -248,13 +248,13 @@ func TestAddQueueKeepsTheETARaise(t *testing.T) {
 		b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 1})
 		b.Send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
 		waitTrue(t, "prefetch raised", func() bool { return b.Prefetch() == 2 })
-		if err := w.AddQueue(broker.Queue{Name: "other"}); err != nil {
+		if err := w.Remote().AddQueue(broker.Queue{Name: "other"}); err != nil {
 			t.Fatal(err)
 		}
 		if p := b.Prefetch(); p != 2 {
 			t.Fatalf("prefetch after add_consumer = %d, want 2 (1 + 1 held)", p)
 		}
-		if err := w.CancelQueue("other"); err != nil {
+		if err := w.Remote().CancelQueue("other"); err != nil {
 			t.Fatal(err)
 		}
 		if p := w.Stats().Prefetch; p != 2 || b.Prefetch() != 2 {

@@ -13,18 +13,20 @@ type TaskInfo struct {
 }
 
 // Registered returns the worker's tasks, sorted.
-func (w *Worker) Registered() []TaskInfo {
+func (rc *Remote) Registered() []TaskInfo {
+	w := rc.w
 	names := w.mux.Names()
 	sort.Strings(names)
 	out := make([]TaskInfo, len(names))
 	for i, n := range names {
-		out[i] = TaskInfo{Name: n, RateLimit: w.RateLimit(n)}
+		out[i] = TaskInfo{Name: n, RateLimit: rc.RateLimit(n)}
 	}
 	return out
 }
 
 // TotalByTask counts the tasks this worker took, by name (stats "total").
-func (w *Worker) TotalByTask() map[string]int64 {
+func (rc *Remote) TotalByTask() map[string]int64 {
+	w := rc.w
 	w.track.mu.Lock()
 	defer w.track.mu.Unlock()
 	return maps.Clone(w.track.total)
@@ -34,7 +36,8 @@ func (w *Worker) TotalByTask() map[string]int64 {
 func (w *Worker) Hostname() string { return w.cfg.Hostname }
 
 // Started returns when Run began (stats "uptime").
-func (w *Worker) Started() time.Time {
+func (rc *Remote) Started() time.Time {
+	w := rc.w
 	w.runMu.Lock()
 	defer w.runMu.Unlock()
 	return w.started

@@ -38,11 +38,11 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 		b, be, w := consumertest.StartWorker(t, mux, consumer.Config{})
 
 		// Revoked before it arrives: discarded at receipt, REVOKED, acked.
-		w.Revoke(context.Background(), []string{"t-early"}, false)
+		w.Remote().Revoke(context.Background(), []string{"t-early"}, false)
 		be.Wait(t, "t-early", results.Revoked)
 		b.Send(t, "1", msg("t-early", "add"))
 		b.WaitEvent(t, "ack:1")
-		if !w.IsRevoked("t-early") {
+		if !w.Remote().IsRevoked("t-early") {
 			t.Error("t-early not remembered as revoked")
 		}
 
@@ -51,10 +51,10 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 		if id := <-started; id != "t-run" {
 			t.Fatalf("started %s", id)
 		}
-		if a := w.Active(); len(a) != 1 || a[0].ID != "t-run" || a[0].TimeStart.IsZero() || !a[0].Acknowledged {
+		if a := w.Remote().Active(); len(a) != 1 || a[0].ID != "t-run" || a[0].TimeStart.IsZero() || !a[0].Acknowledged {
 			t.Fatalf("active = %+v", a)
 		}
-		if got := w.Revoke(context.Background(), []string{"t-run"}, true); len(got) != 1 {
+		if got := w.Remote().Revoke(context.Background(), []string{"t-run"}, true); len(got) != 1 {
 			t.Fatalf("terminated %v", got)
 		}
 		// The revoke stores REVOKED "revoked" at once, then the handler's end
@@ -64,7 +64,7 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 		if exc, _ := m.Result.(*results.Exception); exc == nil || exc.Message[0] != "terminated" {
 			t.Errorf("stored %+v", m.Result)
 		}
-		waitFor(t, "no active task", func() bool { return len(w.Active()) == 0 })
+		waitFor(t, "no active task", func() bool { return len(w.Remote().Active()) == 0 })
 	})
 }
 
@@ -81,16 +81,16 @@ func TestScheduledAndReserved(t *testing.T) {
 		b.Send(t, "2", msg("t-a", "block"))
 		b.Send(t, "3", msg("t-b", "block"))
 		waitFor(t, "one active, one reserved, one scheduled", func() bool {
-			return len(w.Active()) == 1 && len(w.Reserved()) == 1 && len(w.Scheduled()) == 1
+			return len(w.Remote().Active()) == 1 && len(w.Remote().Reserved()) == 1 && len(w.Remote().Scheduled()) == 1
 		})
-		if s := w.Scheduled()[0]; s.ID != "t-eta" || s.ETA.IsZero() {
+		if s := w.Remote().Scheduled()[0]; s.ID != "t-eta" || s.ETA.IsZero() {
 			t.Errorf("scheduled %+v", s)
 		}
-		q := w.Query([]string{"t-a", "t-b", "t-eta", "nope"})
+		q := w.Remote().Query([]string{"t-a", "t-b", "t-eta", "nope"})
 		if len(q) != 3 || q["t-a"].State != consumer.StateActive || q["t-b"].State != consumer.StateReserved {
 			t.Errorf("query = %v", q)
 		}
-		if n := w.TotalByTask()["block"]; n != 3 {
+		if n := w.Remote().TotalByTask()["block"]; n != 3 {
 			t.Errorf("total = %d", n)
 		}
 	})
@@ -101,16 +101,16 @@ func TestRateLimit(t *testing.T) {
 		mux := consumer.NewMux()
 		mux.HandleFunc("add", func(ctx context.Context, r *consumer.Request) (any, error) { return int64(1), nil })
 		b, be, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 4})
-		if err := w.SetRateLimit("nope", "1/s"); !errors.Is(err, consumer.ErrUnknownTask) {
+		if err := w.Remote().SetRateLimit("nope", "1/s"); !errors.Is(err, consumer.ErrUnknownTask) {
 			t.Errorf("unknown task: %v", err)
 		}
-		if err := w.SetRateLimit("add", "10/x"); !errors.Is(err, consumer.ErrBadRateLimit) {
+		if err := w.Remote().SetRateLimit("add", "10/x"); !errors.Is(err, consumer.ErrBadRateLimit) {
 			t.Errorf("bad limit: %v", err)
 		}
-		if err := w.SetRateLimit("add", "600/m"); err != nil { // 10/s
+		if err := w.Remote().SetRateLimit("add", "600/m"); err != nil { // 10/s
 			t.Fatal(err)
 		}
-		if got := w.Registered(); len(got) != 1 || got[0].RateLimit != "600/m" {
+		if got := w.Remote().Registered(); len(got) != 1 || got[0].RateLimit != "600/m" {
 			t.Errorf("registered = %+v", got)
 		}
 		start := time.Now()
@@ -124,7 +124,7 @@ func TestRateLimit(t *testing.T) {
 		if d := time.Since(start); d < 300*time.Millisecond {
 			t.Errorf("4 tasks at 10/s ran in %v", d)
 		}
-		if err := w.SetRateLimit("add", ""); err != nil || w.RateLimit("add") != "" {
+		if err := w.Remote().SetRateLimit("add", ""); err != nil || w.Remote().RateLimit("add") != "" {
 			t.Errorf("disabling: %v", err)
 		}
 	})
@@ -153,20 +153,20 @@ func TestAddAndCancelQueue(t *testing.T) {
 		mux := consumer.NewMux()
 		_, _, w := consumertest.StartWorker(t, mux, consumer.Config{Queues: []broker.Queue{{Name: "a"}, {Name: "b"}}})
 		waitFor(t, "consuming", w.Consuming)
-		if err := w.AddQueue(broker.Queue{Name: "c"}); err != nil {
+		if err := w.Remote().AddQueue(broker.Queue{Name: "c"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.AddQueue(broker.Queue{Name: "a"}); !errors.Is(err, consumer.ErrAlreadyConsume) {
+		if err := w.Remote().AddQueue(broker.Queue{Name: "a"}); !errors.Is(err, consumer.ErrAlreadyConsume) {
 			t.Errorf("adding a consumed queue: %v", err)
 		}
-		if err := w.CancelQueue("a"); err != nil {
+		if err := w.Remote().CancelQueue("a"); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.CancelQueue("zzz"); !errors.Is(err, consumer.ErrUnknownQueue) {
+		if err := w.Remote().CancelQueue("zzz"); !errors.Is(err, consumer.ErrUnknownQueue) {
 			t.Errorf("cancel unknown: %v", err)
 		}
 		var names []string
-		for _, q := range w.Queues() {
+		for _, q := range w.Remote().Queues() {
 			names = append(names, q.Name)
 		}
 		if len(names) != 2 || names[0] != "c" || names[1] != "b" {

@@ -69,7 +69,8 @@ func (l *taskLimits) update(f func(ls *limitSet)) {
 // SetRateLimit sets a task's rate limit ("10/s", "100/m"; "" removes
 // it), as Celery's rate_limit command: the worker delays the task's runs
 // so they start no faster.
-func (w *Worker) SetRateLimit(task, limit string) error {
+func (rc *Remote) SetRateLimit(task, limit string) error {
+	w := rc.w
 	if _, _, ok := w.mux.Lookup(task); !ok {
 		return ErrUnknownTask
 	}
@@ -90,7 +91,8 @@ func (w *Worker) SetRateLimit(task, limit string) error {
 }
 
 // RateLimit returns a task's rate limit string, "" for none.
-func (w *Worker) RateLimit(task string) string {
+func (rc *Remote) RateLimit(task string) string {
+	w := rc.w
 	if ls := w.limits.cur.Load(); ls != nil {
 		return ls.rateStr[task]
 	}
@@ -107,7 +109,8 @@ func (w *Worker) limiter(task string) *rate.Limiter {
 // SetTimeLimit sets a task's soft and hard time limits (0: none), as
 // Celery's time_limit command; they apply to runs that start afterwards
 // and to messages without limits of their own.
-func (w *Worker) SetTimeLimit(task string, soft, hard time.Duration) error {
+func (rc *Remote) SetTimeLimit(task string, soft, hard time.Duration) error {
+	w := rc.w
 	if _, _, ok := w.mux.Lookup(task); !ok {
 		return ErrUnknownTask
 	}

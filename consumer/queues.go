@@ -73,7 +73,8 @@ func (w *Worker) startConsuming(ctx context.Context) (<-chan *broker.Delivery, e
 }
 
 // Queues returns the queues being consumed (inspect active_queues).
-func (w *Worker) Queues() []broker.Queue {
+func (rc *Remote) Queues() []broker.Queue {
+	w := rc.w
 	w.queues.mu.Lock()
 	defer w.queues.mu.Unlock()
 	var out []broker.Queue
@@ -84,7 +85,8 @@ func (w *Worker) Queues() []broker.Queue {
 }
 
 // AddQueue starts consuming q, as Celery's add_consumer command does.
-func (w *Worker) AddQueue(q broker.Queue) error {
+func (rc *Remote) AddQueue(q broker.Queue) error {
+	w := rc.w
 	w.queues.mu.Lock()
 	defer w.queues.mu.Unlock()
 	if w.queues.ctx == nil || w.queues.closed {
@@ -103,7 +105,8 @@ func (w *Worker) AddQueue(q broker.Queue) error {
 // CancelQueue stops consuming the named queue, as Celery's cancel_consumer
 // does. Messages already received from it still run; the others of its
 // set are consumed again without it.
-func (w *Worker) CancelQueue(name string) error {
+func (rc *Remote) CancelQueue(name string) error {
+	w := rc.w
 	w.queues.mu.Lock()
 	defer w.queues.mu.Unlock()
 	for i, s := range w.queues.sets {

@@ -84,7 +84,8 @@ func (s *revokedSet) list() map[string]time.Time {
 // message acked), and REVOKED is stored now. With terminate, a running
 // one has its context cancelled and is recorded REVOKED "terminated"
 // when its handler returns. It returns the ids it terminated.
-func (w *Worker) Revoke(ctx context.Context, ids []string, terminate bool) []string {
+func (rc *Remote) Revoke(ctx context.Context, ids []string, terminate bool) []string {
+	w := rc.w
 	w.revoked.add(ids, time.Now())
 	if w.cfg.RevokedStore != nil {
 		if err := w.cfg.RevokedStore.Add(ctx, ids...); err != nil {
@@ -119,18 +120,20 @@ func (w *Worker) Revoke(ctx context.Context, ids []string, terminate bool) []str
 
 // Revoked returns the revoked ids still remembered, with when they were
 // revoked (inspect revoked; the hello sync between workers).
-func (w *Worker) Revoked() map[string]time.Time { return w.revoked.list() }
+func (rc *Remote) Revoked() map[string]time.Time { return rc.w.revoked.list() }
 
 // MergeRevoked adds ids revoked elsewhere (another worker's hello reply,
 // the persisted store) without storing states again.
-func (w *Worker) MergeRevoked(ids map[string]time.Time) {
+func (rc *Remote) MergeRevoked(ids map[string]time.Time) { rc.w.mergeRevoked(ids) }
+
+func (w *Worker) mergeRevoked(ids map[string]time.Time) {
 	for id, t := range ids {
 		w.revoked.add([]string{id}, t)
 	}
 }
 
 // IsRevoked reports whether id is flagged as revoked.
-func (w *Worker) IsRevoked(id string) bool { return w.revoked.has(id) }
+func (rc *Remote) IsRevoked(id string) bool { return rc.w.revoked.has(id) }
 
 // discardRevoked handles a revoked task at receipt or before it runs:
 // REVOKED stored, task-revoked observed, message acked. It reports

@@ -108,23 +108,27 @@ func (t *tracked) info(host string) RequestInfo {
 }
 
 // Active returns the running tasks (inspect active).
-func (w *Worker) Active() []RequestInfo {
+func (rc *Remote) Active() []RequestInfo {
+	w := rc.w
 	return w.infos(func(t *tracked) bool { return t.state == StateActive })
 }
 
 // Reserved returns the tasks received and waiting for a slot, not those
 // held for an ETA (inspect reserved).
-func (w *Worker) Reserved() []RequestInfo {
+func (rc *Remote) Reserved() []RequestInfo {
+	w := rc.w
 	return w.infos(func(t *tracked) bool { return t.state == StateReserved })
 }
 
 // Scheduled returns the tasks held until their ETA (inspect scheduled).
-func (w *Worker) Scheduled() []RequestInfo {
+func (rc *Remote) Scheduled() []RequestInfo {
+	w := rc.w
 	return w.infos(func(t *tracked) bool { return t.state == StateScheduled })
 }
 
 // Query returns what the worker knows of ids (inspect query_task).
-func (w *Worker) Query(ids []string) map[string]RequestInfo {
+func (rc *Remote) Query(ids []string) map[string]RequestInfo {
+	w := rc.w
 	want := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		want[id] = true

@@ -284,7 +284,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consumer: loading revoked ids: %w", err)
 		}
-		w.MergeRevoked(ids)
+		w.mergeRevoked(ids)
 	}
 	w.taskCtx, w.cancelTs = context.WithCancel(context.WithoutCancel(ctx))
 	defer w.cancelTs()

@@ -69,13 +69,13 @@ func (l *loopback) Publish(_ context.Context, p broker.Publishing) error {
 
 // fakeWorker records the commands it was given.
 type fakeWorker struct {
-	consumer.Worker // unused methods panic
-	name            string
-	mu              sync.Mutex
-	revoked         []string
-	terminate       bool
-	shutdown        bool
-	rate            map[string]string
+	*consumer.Remote // unused methods panic
+	name             string
+	mu               sync.Mutex
+	revoked          []string
+	terminate        bool
+	shutdown         bool
+	rate             map[string]string
 }
 
 func (f *fakeWorker) Hostname() string { return f.name }

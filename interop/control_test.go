@@ -104,7 +104,7 @@ func startGoWorkerWithNode(t *testing.T, ctx context.Context, b producer.Broker,
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 2)
 	go func() { done <- w.Run(wctx) }()
-	go func() { done <- control.NewNode(ct, w, control.NodeConfig{Logger: log}).Run(wctx) }()
+	go func() { done <- control.NewNode(ct, w.Remote(), control.NodeConfig{Logger: log}).Run(wctx) }()
 	t.Cleanup(func() {
 		stop()
 		for range 2 {

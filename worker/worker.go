@@ -366,7 +366,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 		return fmt.Errorf("remote control: %w", err)
 	}
 	defer closeControl()
-	start("remote control", control.NewNode(cb, w, nodeCfg).Run)
+	start("remote control", control.NewNode(cb, w.Remote(), nodeCfg).Run)
 	if collector != nil {
 		collector.Watch(w, b)
 		ln, err := net.Listen("tcp", o.MetricsAddr) // a bad address fails startup
