@@ -149,6 +149,9 @@ func TestMismatchStopsWorker(t *testing.T) {
 			ch.Close()
 		}
 	})
+	if err := ch.ExchangeDeclare(classic, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ch.QueueDeclare(classic, true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -165,6 +168,8 @@ func TestMismatchStopsWorker(t *testing.T) {
 			`queue "` + quorum + `" exists on the broker with x-queue-type='quorum' but this worker declares x-queue-type=(unset): list "` + quorum + `" in task_queues as the Python app declares it, or set task_default_queue_type / task_create_missing_queue_type`},
 		{"priority", "task_queue_max_priority: 10\n", classic,
 			`queue "` + classic + `" exists on the broker with x-max-priority=(unset) but this worker declares x-max-priority='10': list "` + classic + `" in task_queues as the Python app declares it, or set task_queue_max_priority`},
+		{"exchange type", "task_queues: [{name: " + classic + ", exchange: " + classic + ", exchange_type: topic}]\n", classic,
+			`exchange "` + classic + `" exists on the broker with type='direct' but this worker declares type='topic': set exchange_type of its task_queues entries (or task_default_exchange_type) as the Python app declares it`},
 		{"durable", "task_queues: [{name: " + classic + ", durable: false}]\n", classic,
 			`queue "` + classic + `" exists on the broker with durable='true' but this worker declares durable='false': set durable in the task_queues entry "` + classic + `"`},
 	} {

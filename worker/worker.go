@@ -327,7 +327,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	}
 	if o.Config.Workflow == nil {
 		o.Config.Workflow = producer.NewWorkerWorkflow(b, backend,
-			producer.Config{DefaultQueue: o.Config.DefaultQueue, Origin: o.Config.Hostname}, log)
+			producer.Config{DefaultQueue: o.Config.DefaultQueue, Origin: o.Config.Hostname, Queues: plan.declared}, log)
 	}
 	w, err := consumer.New(b, backend, mux, o.Config)
 	if err != nil {
