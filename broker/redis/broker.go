@@ -34,9 +34,16 @@
 //   - An ack or reject that cannot reach Redis is retried in the
 //     background until it lands, instead of failing and letting the
 //     message be redelivered after the visibility timeout.
+//   - Nothing popped is ever unrecorded: messages are taken and recorded
+//     in unacked by one script, and an idle consumer waits with BLMOVE,
+//     which does not pop (kombu's BRPOP loses the message when the worker
+//     dies or the reply is lost before it records it); a pop whose reply
+//     was lost is repeated with its request id and returns the same
+//     messages. A message that is not a kombu envelope is moved to
+//     "<queue>.malformed" instead of being dropped.
 //
 // A Broker's background components, one per file, share one shape (start,
-// shutdown): each Consume runs a consumer (BRPOP, bookkeeping, hand-out)
+// shutdown): each Consume runs a consumer (pop and record, waiters, hand-out)
 // and, for queues bound to fanout exchanges, a subscriber (PSUBSCRIBE),
 // the keeper refreshes unsettled deliveries and retries deferred settles,
 // and the restorer runs the visibility-timeout restore.
@@ -94,12 +101,13 @@ type Options struct {
 	// priority p goes to the list of the largest step <= p. Lower is more
 	// urgent on Redis. Every producer and consumer must agree on them.
 	PriorityBuckets []int
-	// PollTimeout is the BRPOP timeout (default 1s, kombu's
-	// brpop_timeout), rounded up to whole seconds. Messages are received
-	// as soon as they are pushed whatever it is; it bounds how long a stop
-	// waits where a BRPOP cannot be interrupted (clients other than
-	// *redis.Client, servers without CLIENT ID) and, with go-redis's
-	// margin, how soon a silently dead connection is noticed.
+	// PollTimeout is the timeout of an idle consumer's blocking waits
+	// (default 1s, kombu's brpop_timeout), rounded up to whole seconds;
+	// an idle consumer also checks its lists once per PollTimeout.
+	// Messages are received as soon as they are pushed whatever it is; it
+	// bounds how long a stop waits where a wait cannot be interrupted
+	// (clients other than *redis.Client) and, with go-redis's margin, how
+	// soon a silently dead connection is noticed.
 	PollTimeout time.Duration
 	// TLSConfig is used for rediss:// URLs; nil verifies the server
 	// against the system roots and the URL's host name.
@@ -157,7 +165,7 @@ func (o *Options) defaults() {
 	if o.PollTimeout <= 0 {
 		o.PollTimeout = DefaultPollTimeout
 	}
-	// BRPOP timeouts are whole seconds in go-redis.
+	// Blocking timeouts are whole seconds in go-redis.
 	o.PollTimeout = max(time.Second, (o.PollTimeout+time.Second-1)/time.Second*time.Second)
 }
 
@@ -174,6 +182,11 @@ type Broker struct {
 	prefetch atomic.Int64
 	// bindingRefresh overrides keepBindings' period (tests).
 	bindingRefresh time.Duration
+	// testHook, when set (tests), is called at fault-injection points:
+	// "popped", after a pop's reply and before anything else.
+	testHook func(point string)
+	// waiterHooks are added to the waiters' own client (tests).
+	waiterHooks []redis.Hook
 
 	mu        sync.Mutex
 	exchanges map[string]string // exchange name -> type, from Declare
@@ -217,10 +230,10 @@ func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
 
 // New returns a Broker using client, whose database is db (needed for the
 // names of fanout channels, "/<db>.<exchange>"). The caller keeps ownership
-// of client: Close does not close it. Consuming uses one dedicated
-// connection per Consume call when client is a *redis.Client, so that
-// stopping can interrupt a waiting BRPOP (CLIENT UNBLOCK); other clients
-// (and servers without CLIENT ID) just wait for the BRPOP timeout.
+// of client: Close does not close it. When client is a *redis.Client, an
+// idle Consume waits on a small client of its own with client's options
+// (one connection per list it consumes), closed to stop it; other clients
+// wait on client itself, and a stop waits for the PollTimeout.
 func New(client redis.UniversalClient, db int, opts Options) *Broker {
 	opts.defaults()
 	b := &Broker{
@@ -516,11 +529,11 @@ func (b *Broker) route(ctx context.Context, exchange, routingKey string) ([]stri
 }
 
 // Consume declares the queues and consumes them as a kombu worker does:
-// one BRPOP over every priority list of every queue (step-major, so the
-// lowest priority number is served first; queues rotate round-robin), only
-// while fewer deliveries than the prefetch are unsettled. Each message is
-// recorded in unacked/unacked_index as it is received, so a crash
-// anywhere after that loses nothing.
+// from every priority list of every queue (step-major, so the lowest
+// priority number is served first; queues rotate round-robin), only while
+// fewer deliveries than the prefetch are unsettled. Each message is
+// recorded in unacked/unacked_index in the same atomic step that takes it
+// off its list, so a crash at any moment loses nothing.
 //
 // The returned Go channel survives Redis outages and is closed when ctx is
 // done or the Broker closes. Messages received but not yet handed over

@@ -18,19 +18,28 @@ import (
 )
 
 // consumer is the background component behind one Consume call: it waits
-// for prefetch credit, BRPOPs, records what it received in unacked, and
-// hands it over on out, which stays the same Go channel across outages.
+// for prefetch credit, takes messages with popRecordScript (which records
+// them in unacked in the same step), waits with waiters while every list
+// is empty, and hands deliveries over on out, which stays the same Go
+// channel across outages.
 type consumer struct {
 	b     *Broker
-	order []string          // queue names, in this round's BRPOP order
+	order []string          // queue names, in this round's pop order
 	lists map[string]string // list key -> queue name
 	out   chan *broker.Delivery
 	// closeOut closes out when the consumer ends; Consume replaces it when
 	// a subscriber shares out.
 	closeOut func()
-	poll     *poller
+	wait     *waiters      // started at the first idle moment
 	wake     chan struct{} // credit returned or prefetch changed
 	unacks   atomic.Int64  // received and not settled or given back
+	// rid is the request id of the next pop, kept while a pop's reply is
+	// missing: ridBase (the consumer's id, which names its record; see
+	// popRecordScript) and a sequence number.
+	rid     string
+	ridBase string
+	ridSeq  uint64
+	dead    map[string]string // list key -> its queue's malformed list
 
 	// ctx is done when Consume's context is or the broker closes.
 	ctx      context.Context
@@ -45,9 +54,10 @@ func newConsumer(ctx context.Context, b *Broker, queues []string) *consumer {
 		b:        b,
 		order:    queues,
 		lists:    make(map[string]string, len(queues)*len(b.keys.steps)),
+		dead:     make(map[string]string, len(queues)*len(b.keys.steps)),
+		ridBase:  uuid.NewString(),
 		out:      out,
 		closeOut: func() { close(out) },
-		poll:     newPoller(b.client),
 		wake:     make(chan struct{}, 1),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -56,6 +66,7 @@ func newConsumer(ctx context.Context, b *Broker, queues []string) *consumer {
 	for _, q := range queues {
 		for _, l := range b.keys.lists(q) {
 			c.lists[l] = q
+			c.dead[l] = b.keys.list(q+".malformed", 0)
 		}
 	}
 	return c
@@ -67,20 +78,6 @@ func (c *consumer) start(wg *sync.WaitGroup) {
 		defer wg.Done()
 		defer close(c.finished)
 		defer c.b.removeConsumer(c)
-		// A BRPOP under way would hold a stop for up to PollTimeout. The
-		// interrupt runs on its own goroutine: wait for it, so nothing
-		// uses the client after the consumer has ended.
-		interrupted := make(chan struct{})
-		stop := context.AfterFunc(c.ctx, func() {
-			defer close(interrupted)
-			c.poll.interrupt()
-		})
-		defer func() {
-			if !stop() {
-				<-interrupted
-			}
-		}()
-		defer c.poll.close()
 		defer c.closeOut()
 		c.run()
 	}()
@@ -121,7 +118,7 @@ func (c *consumer) waitCredit() bool {
 	}
 }
 
-// keys lists what BRPOP waits on: every priority step, and within a step
+// keys lists the lists a pop takes from, in order: every priority step, and within a step
 // every queue in the current rotation (kombu's _brpop_start).
 func (c *consumer) keys() []string {
 	keys := make([]string, 0, len(c.order)*len(c.b.keys.steps))
@@ -141,17 +138,16 @@ func (c *consumer) rotate(queue string) {
 	}
 }
 
+// popBatch is how many messages one pop takes at most.
+const popBatch = 1
+
 func (c *consumer) run() {
+	defer c.endPops()
 	for attempt := 0; ; {
 		if !c.waitCredit() {
 			return
 		}
-		keys := c.keys()
-		key, payload, recorded, err := c.popRecorded(keys)
-		if err == nil && payload == nil { // all empty: wait, as kombu does
-			key, payload, err = c.poll.pop(c.ctx, keys, c.b.opts.PollTimeout)
-			recorded = 0
-		}
+		msgs, err := c.pop(c.ctx, popBatch)
 		c.b.health.observe(err)
 		if err != nil {
 			if !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
@@ -161,136 +157,233 @@ func (c *consumer) run() {
 			continue
 		}
 		attempt = 0
-		if payload == nil {
-			continue
-		}
-		queue, ok := c.lists[key]
-		if !ok { // cannot happen: BRPOP answers with a key it was given
-			c.b.logger.Error("redis: BRPOP answered with an unknown list; giving the message back", "list", key)
-			c.pushBack(key, payload)
-			continue
-		}
-		if c.ctx.Err() != nil {
-			if recorded == 0 {
-				c.pushBack(key, payload)
-			} else if f := c.receive(key, queue, payload, recorded); f != nil {
-				c.giveBack(f) // recorded by the pop: settle it as it goes back
+		if len(msgs) == 0 {
+			if !c.idle() {
+				return
 			}
+			continue
+		}
+		if h := c.b.testHook; h != nil {
+			h("popped")
+		}
+		if !c.handOut(msgs) {
 			return
 		}
-		c.rotate(queue)
-		f := c.receive(key, queue, payload, recorded)
+	}
+}
+
+// idle waits, after a pop found every list empty, until a waiter sees a
+// message, or PollTimeout passes (the next pop is the check), or the
+// consumer stops (false).
+func (c *consumer) idle() bool {
+	if c.wait == nil {
+		c.wait = newWaiters(c.ctx, c.b, c.keys())
+	}
+	c.wait.arm()
+	t := time.NewTimer(c.b.opts.PollTimeout)
+	defer t.Stop()
+	select {
+	case <-c.wait.signal:
+	case <-t.C:
+	case <-c.ctx.Done():
+		return false
+	}
+	return c.ctx.Err() == nil
+}
+
+// handOut delivers what one pop took, in order; false means the consumer
+// stopped, and what was not handed over went back to its list.
+func (c *consumer) handOut(msgs []popped) bool {
+	for i, m := range msgs {
+		if m.kind == 'm' {
+			c.b.logger.Error("redis: a message that is not a kombu envelope was moved to the malformed queue",
+				"queue", c.lists[m.list], "dead_letter", c.lists[m.list]+".malformed", "message", truncate(m.payload, 512))
+			continue
+		}
+		queue := c.lists[m.list]
+		f := c.receive(m, queue)
 		if f == nil {
 			continue
 		}
+		if c.ctx.Err() != nil {
+			c.giveBackAll(f, msgs[i+1:])
+			return false
+		}
+		c.rotate(queue)
 		select {
 		case c.out <- &f.d:
 		case <-c.ctx.Done():
-			c.giveBack(f)
-			return
+			c.giveBackAll(f, msgs[i+1:])
+			return false
 		}
 	}
+	return true
 }
 
-// popRecorded is the non-blocking, atomic pop (popRecordScript). It
-// returns the list, the message and the score it was recorded with (0 when
-// Go must record it), or a nil message when every list is empty.
-func (c *consumer) popRecorded(keys []string) (string, []byte, float64, error) {
+// giveBackAll gives back f and the rest of its pop, newest first, so the
+// front of each list is in the order they were taken.
+func (c *consumer) giveBackAll(f *inflight, rest []popped) {
+	for i := len(rest) - 1; i >= 0; i-- {
+		if rest[i].kind == 'm' {
+			continue
+		}
+		if g := c.receive(rest[i], c.lists[rest[i].list]); g != nil {
+			c.giveBack(g)
+		}
+	}
+	c.giveBack(f)
+}
+
+// popped is one message popRecordScript took.
+type popped struct {
+	list    string
+	payload []byte // the envelope; for kind 'm' the original message
+	tag     string
+	kind    byte // 'r' recorded, 'm' moved to the malformed list
+	score   float64
+}
+
+// pop runs popRecordScript for up to count messages. A call whose reply
+// was lost is made again with the same request id, by go-redis or by the
+// next pop after an error, and returns what the first took: nothing popped
+// is left recorded but unknown to this process (kombu's BRPOP loses it;
+// a plain retry would leave it in unacked until the visibility timeout).
+func (c *consumer) pop(ctx context.Context, count int) ([]popped, error) {
+	if c.rid == "" {
+		c.ridSeq++
+		c.rid = c.ridBase + "." + strconv.FormatUint(c.ridSeq, 10)
+	}
+	keys := c.keys()
 	s := score(time.Now())
-	args := make([]any, 0, 1+len(keys))
-	args = append(args, strconv.FormatFloat(s, 'f', -1, 64))
+	all := make([]string, 0, 3+2*len(keys))
+	all = append(all, c.b.keys.unacked(), c.b.keys.unackedIdx(), c.b.keys.pop(c.ridBase))
+	all = append(all, keys...)
+	args := make([]any, 0, 4+len(keys))
+	args = append(args, strconv.FormatFloat(s, 'f', -1, 64), c.rid, popRecordTTL(c.b.opts.VisibilityTimeout).Milliseconds(), count)
 	for _, k := range keys {
+		all = append(all, c.dead[k])
 		args = append(args, c.lists[k])
 	}
-	all := append([]string{c.b.keys.unacked(), c.b.keys.unackedIdx()}, keys...)
-	res, err := popRecordScript.Run(c.ctx, c.b.client, all, args...).Slice()
+	res, err := popRecordScript.Run(ctx, c.b.client, all, args...).Slice()
 	if errors.Is(err, redis.Nil) {
-		return "", nil, 0, nil
+		err = nil
 	}
-	if err != nil || len(res) != 3 {
-		return "", nil, 0, err
+	if err != nil {
+		return nil, err // the next pop repeats this request
 	}
-	key, _ := res[0].(string)
-	msg, _ := res[1].(string)
-	if n, _ := res[2].(int64); n != 1 {
-		s = 0
+	c.rid = ""
+	out := make([]popped, 0, len(res)/5)
+	for i := 0; i+4 < len(res); i += 5 {
+		list, _ := res[i].(string)
+		payload, _ := res[i+1].(string)
+		tag, _ := res[i+2].(string)
+		kind, _ := res[i+3].(string)
+		ss, _ := res[i+4].(string)
+		m := popped{list: list, payload: []byte(payload), tag: tag, kind: 'r'}
+		m.score, _ = strconv.ParseFloat(ss, 64)
+		switch kind {
+		case "m":
+			m.kind = 'm'
+		case "e":
+			env, _, _, err := parseEntry(m.payload)
+			if err != nil { // written by the script: cannot happen
+				c.b.logger.Error("redis: cannot read back a popped message's unacked entry; the visibility timeout restores it",
+					"tag", tag, "error", err)
+				continue
+			}
+			m.payload = env
+		}
+		out = append(out, m)
 	}
-	return key, []byte(msg), s, nil
+	return out, nil
 }
 
-// receive turns a popped message into a delivery and records it in
-// unacked and unacked_index (one MULTI, kombu's QoS.append), retrying
-// while Redis is unreachable: the message exists only in this process
-// until then. nil means the message was dropped or given back.
-//
-// recorded is the unacked_index score popRecordScript already wrote, or 0.
-func (c *consumer) receive(list, queue string, payload []byte, recorded float64) *inflight {
+// popRecordTTL is how long a consumer's record of its last pop is kept
+// for a repeated call: while the visibility timeout has not passed the
+// messages are still this pop's to take back. A Consume deletes it when
+// it ends; one killed leaves one small key for this long.
+func popRecordTTL(vt time.Duration) time.Duration {
+	return max(vt, time.Minute)
+}
+
+// endPops runs when the consumer ends: a pop whose reply was lost is made
+// once more to give back what it took, and the consumer's record is
+// deleted.
+func (c *consumer) endPops() {
+	if c.wait != nil {
+		c.wait.stop()
+	}
+	ctx, cancel := opContext()
+	defer cancel()
+	if c.rid != "" {
+		if msgs, err := c.pop(ctx, 0); err == nil && len(msgs) > 0 {
+			for i := len(msgs) - 1; i >= 0; i-- {
+				if msgs[i].kind == 'm' {
+					continue
+				}
+				if f := c.receive(msgs[i], c.lists[msgs[i].list]); f != nil {
+					c.giveBack(f)
+				}
+			}
+		}
+	}
+	_ = c.b.client.Del(ctx, c.b.keys.pop(c.ridBase)).Err()
+}
+
+// receive turns a recorded message into a delivery. One that is not a
+// message this worker can read is moved to "<queue>.malformed" (nil).
+func (c *consumer) receive(m popped, queue string) *inflight {
+	f := &inflight{b: c.b, c: c, tag: m.tag, list: m.list, envelope: m.payload, scores: []float64{m.score}, confirmed: time.Now()}
 	// No size limit: the message is in memory already, and refusing it
 	// would lose it. protocol.Decode bounds the body.
-	env, err := protocol.ParseEnvelope(payload, len(payload)+1)
+	env, err := protocol.ParseEnvelope(m.payload, len(m.payload)+1)
 	if err != nil {
-		// kombu fails the same way on it (and loses it too); there is
-		// nothing a worker could do with it.
-		c.b.logger.Error("redis: dropping a message that is not a kombu envelope",
-			"queue", queue, "error", err, "message", truncate(payload, 512))
+		c.deadLetter(f, queue, err)
 		return nil
 	}
-	tag := env.DeliveryTag
-	if tag == "" {
-		tag = uuid.NewString() // not from kombu; it still needs bookkeeping
-	}
-	exchange, routingKey := env.Exchange, env.RoutingKey
-	if exchange == "" && routingKey == "" {
-		routingKey = queue // so a restore finds the queue
-	}
-	f := &inflight{b: c.b, c: c, tag: tag, list: list, envelope: payload}
 	f.d = broker.Delivery{
 		Raw:         env.Raw,
 		Queue:       queue,
 		Exchange:    env.Exchange,
 		RoutingKey:  env.RoutingKey,
-		Redelivered: env.Headers["redelivered"] == true || deliveryInfoRedelivered(payload),
-		Tag:         tag,
+		Redelivered: env.Headers["redelivered"] == true || deliveryInfoRedelivered(m.payload),
+		Tag:         m.tag,
 		Acker:       c.b,
 		Private:     f,
 	}
-	entry := unackedEntry(payload, exchange, routingKey)
 	c.unacks.Add(1)
-	if recorded != 0 && tag == env.DeliveryTag {
-		f.addScore(recorded)
-		f.scores = []float64{recorded}
-		c.b.addLive(f)
-		return f
-	}
-	// Not cancelled with the consumer: a stop waits for this round trip.
-	ctx := context.WithoutCancel(c.ctx)
-	for attempt := 0; ; attempt++ {
-		s := score(time.Now())
-		f.addScore(s) // not shared yet: no lock needed
-		_, err := c.b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZAdd(ctx, c.b.keys.unackedIdx(), redis.Z{Score: s, Member: tag})
-			p.HSet(ctx, c.b.keys.unacked(), tag, entry)
-			return nil
-		})
-		c.b.health.observe(err)
-		if err == nil {
-			f.scores = []float64{s}
-			break
-		}
-		if !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
-			if isConnError(err) {
-				err = c.ctx.Err()
-			}
-			c.b.logger.Warn("redis: could not record a received message in unacked; giving it back",
-				"queue", queue, "tag", tag, "error", err)
-			// The failed MULTI may have been applied: giveBack removes
-			// such an entry, then pushes the message back either way.
-			c.giveBack(f)
-			return nil
-		}
-	}
 	c.b.addLive(f)
 	return f
+}
+
+// deadLetter moves a recorded message this worker cannot read to the list
+// "<queue>.malformed", wrapped as the script wraps what it cannot record:
+// its unacked entry goes in the same step. If Redis cannot be reached in
+// time the entry stays, and the visibility timeout brings the message back
+// to be moved again.
+func (c *consumer) deadLetter(f *inflight, queue string, cause error) {
+	dl := queue + ".malformed"
+	env := protocol.Envelope{RoutingKey: dl, DeliveryTag: uuid.NewString()}
+	env.ContentType, env.ContentEncoding = "application/octet-stream", "binary"
+	env.Headers = map[string]any{"x-gocelery-reason": cause.Error(), "x-gocelery-queue": queue}
+	env.Properties.DeliveryMode = 2
+	env.Body = f.envelope
+	payload, err := env.Marshal()
+	if err == nil {
+		ctx, cancel := opContext()
+		defer cancel()
+		args := append([]any{f.tag, payload, "LPUSH"}, scoreArgs(f.scores)...)
+		err = c.b.retry(ctx, func(ctx context.Context) error {
+			return requeueScript.Run(ctx, c.b.client, []string{c.b.keys.unacked(), c.b.keys.unackedIdx(), c.b.keys.list(dl, 0)}, args...).Err()
+		})
+	}
+	if err != nil {
+		c.b.logger.Error("redis: could not move a malformed message to its dead-letter queue; the visibility timeout brings it back",
+			"queue", queue, "dead_letter", dl, "reason", cause, "error", err, "message", truncate(f.envelope, 512))
+		return
+	}
+	c.b.logger.Error("redis: a message this worker cannot read was moved to the malformed queue",
+		"queue", queue, "dead_letter", dl, "reason", cause, "message", truncate(f.envelope, 512))
 }
 
 // giveBack returns a message that was never handed over to the front of
@@ -347,127 +440,4 @@ func truncate(b []byte, n int) string {
 		return string(b)
 	}
 	return string(b[:n]) + "..."
-}
-
-// poller runs BRPOP. With a *redis.Client it uses a connection of its own,
-// whose CLIENT ID lets interrupt end a BRPOP at once (CLIENT UNBLOCK
-// answers it as a timeout, so a message is never lost to it); otherwise,
-// or on servers without CLIENT ID, a stop waits for the BRPOP timeout.
-type poller struct {
-	client redis.UniversalClient
-	single *redis.Client
-
-	mu      sync.Mutex
-	conn    *redis.Conn
-	id      int64 // CLIENT ID of conn; 0 unknown
-	noID    bool  // the server has no CLIENT ID
-	stopped bool
-}
-
-func newPoller(client redis.UniversalClient) *poller {
-	p := &poller{client: client}
-	p.single, _ = client.(*redis.Client)
-	return p
-}
-
-// freshTries is how many new dedicated connections pop tries before it
-// reports an outage: a new connection can be a pooled one the server
-// closed meanwhile (after a restart or a network cut every idle one is),
-// which go-redis retries for ordinary commands but not on a Conn.
-const freshTries = 3
-
-// pop waits up to timeout for a message on keys; a nil payload is a
-// timeout (or an interrupt).
-func (p *poller) pop(ctx context.Context, keys []string, timeout time.Duration) (string, []byte, error) {
-	// The BRPOP itself is not cancelled with ctx: a reply carrying a
-	// popped message must always be read.
-	ctx = context.WithoutCancel(ctx)
-	if p.single == nil {
-		return brpop(ctx, p.client, keys, timeout)
-	}
-	for try := 1; ; try++ {
-		p.mu.Lock()
-		if p.stopped {
-			p.mu.Unlock()
-			return "", nil, nil
-		}
-		fresh := p.conn == nil
-		if fresh {
-			p.conn, p.id = p.single.Conn(), 0
-		}
-		conn, needID := p.conn, p.id == 0 && !p.noID
-		p.mu.Unlock()
-		var err error
-		if needID {
-			var id int64
-			id, err = conn.ClientID(ctx).Result()
-			p.mu.Lock()
-			switch {
-			case err == nil:
-				p.id = id
-			case !isConnError(err):
-				p.noID, err = true, nil // not a Redis (miniredis), or not allowed
-			}
-			p.mu.Unlock()
-		}
-		if err == nil {
-			var key string
-			var payload []byte
-			if key, payload, err = brpop(ctx, conn, keys, timeout); err == nil {
-				return key, payload, nil
-			}
-		}
-		if !isConnError(err) {
-			return "", nil, err
-		}
-		p.mu.Lock()
-		p.resetLocked()
-		p.mu.Unlock()
-		if !fresh || try >= freshTries {
-			return "", nil, err
-		}
-	}
-}
-
-func brpop(ctx context.Context, c redis.Cmdable, keys []string, timeout time.Duration) (string, []byte, error) {
-	res, err := c.BRPop(ctx, timeout, keys...).Result()
-	switch {
-	case err == redis.Nil:
-		return "", nil, nil
-	case err != nil:
-		return "", nil, err
-	case len(res) != 2:
-		return "", nil, nil
-	}
-	return res[0], []byte(res[1]), nil
-}
-
-// resetLocked drops a broken dedicated connection; the next pop opens
-// another (a go-redis Conn stays broken once its connection is).
-func (p *poller) resetLocked() {
-	if p.conn != nil {
-		_ = p.conn.Close()
-		p.conn, p.id = nil, 0
-	}
-}
-
-// interrupt makes a BRPOP under way return at once, and the next ones
-// return nothing.
-func (p *poller) interrupt() {
-	p.mu.Lock()
-	p.stopped = true
-	id := p.id
-	p.mu.Unlock()
-	if id == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = p.client.ClientUnblock(ctx, id).Err()
-}
-
-func (p *poller) close() {
-	p.mu.Lock()
-	p.resetLocked()
-	p.mu.Unlock()
 }

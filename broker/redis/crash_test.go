@@ -39,10 +39,16 @@ func runHelper() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if at := os.Getenv(helperEnv + "_KILL_AT"); at != "" {
+		b.testHook = killAtHook(at)
+	}
 	ds, err := b.Consume(ctx, []broker.Queue{{Name: os.Getenv(helperEnv + "_QUEUE")}}, 1)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if os.Getenv(helperEnv+"_KILL_AT") != "" {
+		fmt.Println("consuming")
 	}
 	d := <-ds
 	fmt.Println(d.Tag)

@@ -42,7 +42,7 @@ func (op settleOp) String() string {
 const maxCandidates = 16
 
 // inflight is one received message this process is responsible for, from
-// the BRPOP that took it until it is settled or given back. It is
+// the pop that took it until it is settled or given back. It is
 // Delivery.Private.
 type inflight struct {
 	b        *Broker
@@ -62,6 +62,9 @@ type inflight struct {
 	scores []float64
 	op     settleOp // for stateDeferred
 	lost   bool     // a refresh found it restored by someone else
+	// confirmed is when Redis last showed the delivery to be this
+	// process's: recorded, or a refresh found one of its scores.
+	confirmed time.Time
 
 	tagged bool // counted in Broker.liveTags; guarded by Broker.mu
 }

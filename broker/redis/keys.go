@@ -26,6 +26,7 @@ const (
 	unackedName          = "unacked"
 	unackedIdxName       = "unacked_index"
 	unackedMutex         = "unacked_mutex"
+	popRecordPrefix      = "_gocelery.pop."
 )
 
 // keyspace names every key and channel as kombu does for one database and
@@ -45,7 +46,7 @@ func newKeyspace(prefix string, db int, steps []int) keyspace {
 	}
 	s := append([]int(nil), steps...)
 	sort.Ints(s)
-	// Duplicates would make BRPOP name a list twice.
+	// Duplicates would make a pop name a list twice.
 	out := s[:0]
 	for i, v := range s {
 		if i == 0 || v != s[i-1] {
@@ -142,6 +143,10 @@ func (k keyspace) bindingDeadlines() string { return k.prefix + bindingDeadlines
 func (k keyspace) unacked() string    { return k.prefix + unackedName }
 func (k keyspace) unackedIdx() string { return k.prefix + unackedIdxName }
 func (k keyspace) mutex() string      { return k.prefix + unackedMutex }
+
+// pop is the key recording what consumer id's last pop took (see
+// popRecordScript); gocelery's own, which kombu never reads.
+func (k keyspace) pop(id string) string { return k.prefix + popRecordPrefix + id }
 
 // fanout is the PUB/SUB channel of a fanout exchange (kombu's
 // _get_publish_topic with fanout_prefix and fanout_patterns on, the

@@ -573,40 +573,44 @@ func scanKeys(t *testing.T, a *admin) []string {
 	return keys
 }
 
-// TestIdle checks that a consumer waiting on an empty queue blocks in
-// BRPOP instead of polling: about one BRPOP per PollTimeout and next to no
-// CPU.
+// TestIdle checks that a consumer waiting on empty queues blocks instead
+// of polling: its waiters each sit in about one BLMOVE per PollTimeout, the
+// consumer makes about one pop per PollTimeout, and next to no CPU.
 func TestIdle(t *testing.T) {
 	needRedis(t)
 	pfx := unique("idle") + ":"
 	newAdmin(t, testDB).cleanupPrefix(pfx)
 	client := redis.NewClient(&redis.Options{Addr: redisAddr(), DB: testDB})
 	defer client.Close()
-	counter := &commandCounter{}
+	counter, waits := &commandCounter{}, &commandCounter{}
 	client.AddHook(counter)
 	b := New(client, testDB, Options{Logger: quietLogger(t), KeyPrefix: pfx})
+	b.waiterHooks = []redis.Hook{waits}
 	defer b.Close()
 	consume(t, b, 4, broker.Queue{Name: "idle"})
-	time.Sleep(200 * time.Millisecond) // let it settle into BRPOP
+	time.Sleep(200 * time.Millisecond) // let it settle into its wait
 
 	var before, after syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &before); err != nil {
 		t.Fatal(err)
 	}
-	n0 := counter.get("brpop")
-	all0 := counter.total()
+	all0, w0 := counter.total(), waits.get("blmove")
 	time.Sleep(3 * time.Second)
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &after); err != nil {
 		t.Fatal(err)
 	}
 	cpu := time.Duration(after.Utime.Nano()-before.Utime.Nano()) + time.Duration(after.Stime.Nano()-before.Stime.Nano())
-	brpops, all := counter.get("brpop")-n0, counter.total()-all0
-	t.Logf("idle 3s: %v CPU, %d BRPOPs, %d commands in all", cpu, brpops, all)
+	all, blmoves := counter.total()-all0, waits.get("blmove")-w0
+	t.Logf("idle 3s: %v CPU, %d BLMOVEs, %d other commands", cpu, blmoves, all)
 	if cpu > 50*time.Millisecond {
 		t.Errorf("idle consumer used %v CPU in 3s", cpu)
 	}
-	if brpops > 4 {
-		t.Errorf("%d BRPOPs in 3s with a 1s timeout: busy polling", brpops)
+	// Four priority lists, 1s timeouts.
+	if blmoves < 4 || blmoves > 4*4 {
+		t.Errorf("%d BLMOVEs in 3s on four lists with a 1s timeout: want about 12", blmoves)
+	}
+	if all > 3*4 {
+		t.Errorf("%d commands in 3s besides the waits: busy polling", all)
 	}
 }
 

@@ -127,46 +127,116 @@ var releaseScript = redis.NewScript(`
         return 1
     `)
 
-// popRecordScript pops the next message from the first non-empty list
-// (KEYS[3..], in BRPOP's order) and records it in unacked and
-// unacked_index in the same step, with kombu's entry format. kombu pops
-// with BRPOP and records afterwards: a worker killed in between loses the
-// message. Here the pop and the record are one atomic script; BRPOP is
-// only used to wait while every list is empty. A message without a
-// delivery tag (not from kombu) is returned unrecorded (third value 0) for
-// Go to record.
+// popRecordScript takes up to count messages, from the first non-empty
+// lists (KEYS[4..3+n], in kombu's BRPOP order), and records each in
+// unacked and unacked_index in the same atomic step, with kombu's entry
+// format: nothing it pops is ever unrecorded, whenever the process dies.
+// (kombu pops with BRPOP and records afterwards: a worker killed in
+// between loses the message.) A message without a delivery tag is recorded
+// under one made from the request id. One that is not a kombu envelope (not
+// a JSON object with a properties object), which kombu's restore could not
+// read back, is moved instead to its queue's "<queue>.malformed" list
+// (KEYS[4+n..]), wrapped in an envelope of its own: the original bytes as a
+// base64 body, the reason in headers["x-gocelery-reason"], as the worker
+// dead-letters.
 //
-// KEYS: unacked, unacked_index, lists...; ARGV: score, then the queue name
-// of each list (the routing key to record when the envelope has none).
+// A call is idempotent: what it took is kept in the consumer's record
+// (KEYS[3], one string: the request id, then a JSON list of the score and
+// list, tag, kind per message, for the TTL; the next call that takes
+// something replaces it), and the same call made again (go-redis retries a
+// command whose reply was lost; so does the consumer) returns those same
+// messages, still recorded with that score, instead of taking more.
+//
+// KEYS: unacked, unacked_index, record, n lists, n malformed lists. ARGV:
+// score, request id, TTL in ms, count, then the queue name of each list
+// (the routing key to record when the envelope has none). Returns per
+// message: list, payload, tag, kind, score. Kind "r": payload is the
+// message, recorded under tag; "e" (a repeated call): payload is its
+// unacked entry; "m": moved to the malformed list.
 var popRecordScript = redis.NewScript(`
+local n = (#KEYS - 3) / 2
+local rid = ARGV[2]
+local last = redis.call('GET', KEYS[3])
+if last and string.sub(last, 1, #rid + 1) == rid .. ' ' then
+  local done = cjson.decode(string.sub(last, #rid + 2))
+  local s, out = done[1], {}
+  for i = 2, #done, 3 do
+    local list, tag, kind = done[i], done[i + 1], done[i + 2]
+    if kind == 'm' then
+      out[#out + 1] = list; out[#out + 1] = ''; out[#out + 1] = ''; out[#out + 1] = 'm'; out[#out + 1] = s
+    else
+      local sc = redis.call('ZSCORE', KEYS[2], tag)
+      local e = redis.call('HGET', KEYS[1], tag)
+      if sc and e and tonumber(sc) == tonumber(s) then
+        out[#out + 1] = list; out[#out + 1] = e; out[#out + 1] = tag; out[#out + 1] = 'e'; out[#out + 1] = s
+      end
+    end
+  end
+  return out
+end
 local function pystr(s)
   if string.match(s, '^[%w%.%-_:@]*$') then
     return '"' .. s .. '"'
   end
   return cjson.encode(s)
 end
-for i = 3, #KEYS do
-  local msg = redis.call('RPOP', KEYS[i])
-  if msg then
+local s, rid, count = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local out, rec = {}, {s}
+local i = 1
+while count > 0 and i <= n do
+  local list = KEYS[3 + i]
+  local msg = redis.call('RPOP', list)
+  if not msg then
+    i = i + 1
+  else
+    count = count - 1
+    local q = ARGV[4 + i]
     local ok, env = pcall(cjson.decode, msg)
-    if ok and type(env) == 'table' and type(env.properties) == 'table'
-        and type(env.properties.delivery_tag) == 'string' and env.properties.delivery_tag ~= '' then
+    if ok and type(env) == 'table' and type(env.properties) == 'table' then
+      local p = env.properties
+      local tag = p.delivery_tag
+      if type(tag) ~= 'string' or tag == '' then tag = rid .. '.' .. #rec end
       local ex, rk = '', ''
-      local di = env.properties.delivery_info
+      local di = p.delivery_info
       if type(di) == 'table' then
         if type(di.exchange) == 'string' then ex = di.exchange end
         if type(di.routing_key) == 'string' then rk = di.routing_key end
       end
-      if ex == '' and rk == '' then rk = ARGV[i - 1] end
-      local tag = env.properties.delivery_tag
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      if ex == '' and rk == '' then rk = q end
+      redis.call('ZADD', KEYS[2], s, tag)
       redis.call('HSET', KEYS[1], tag, '[' .. msg .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
-      return {KEYS[i], msg, 1}
+      out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = tag; out[#out + 1] = 'r'; out[#out + 1] = s
+      rec[#rec + 1] = list; rec[#rec + 1] = tag; rec[#rec + 1] = 'r'
+    else
+      local abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+      local function b64(s)
+        local t = {}
+        for i = 1, #s, 3 do
+          local a, b, c = string.byte(s, i, i + 2)
+          local v = a * 65536 + (b or 0) * 256 + (c or 0)
+          local d = {math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64}
+          t[#t + 1] = string.sub(abc, d[1] + 1, d[1] + 1) .. string.sub(abc, d[2] + 1, d[2] + 1) ..
+            (b and string.sub(abc, d[3] + 1, d[3] + 1) or '=') .. (c and string.sub(abc, d[4] + 1, d[4] + 1) or '=')
+        end
+        return table.concat(t)
+      end
+      local why = 'not a kombu envelope: not a JSON object with a properties object'
+      if not ok then why = 'not a kombu envelope: not JSON' end
+      redis.call('LPUSH', KEYS[3 + n + i], cjson.encode({
+        body = b64(msg), ['content-encoding'] = 'binary', ['content-type'] = 'application/octet-stream',
+        headers = {['x-gocelery-reason'] = why, ['x-gocelery-queue'] = q},
+        properties = {body_encoding = 'base64', delivery_tag = rid .. '.' .. #rec, delivery_mode = 2,
+          priority = 0, correlation_id = '', reply_to = '',
+          delivery_info = {exchange = '', routing_key = q .. '.malformed'}}}))
+      out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = ''; out[#out + 1] = 'm'; out[#out + 1] = s
+      rec[#rec + 1] = list; rec[#rec + 1] = ''; rec[#rec + 1] = 'm'
     end
-    return {KEYS[i], msg, 0}
   end
 end
-return false
+if #rec > 1 then
+  redis.call('SET', KEYS[3], rid .. ' ' .. cjson.encode(rec), 'PX', ARGV[3])
+end
+return out
 `)
 
 // refreshBindingScript is kombu 5.7's REFRESH_BINDING, which its
