@@ -31,9 +31,9 @@
 //     where it is, with a warning, instead of dropping it, and knows a
 //     topic binding by its stored pattern even when this process never
 //     declared the exchange.
-//   - An ack or reject that cannot reach Redis is retried in the
-//     background until it lands, instead of failing and letting the
-//     message be redelivered after the visibility timeout.
+//   - An ack or reject that cannot reach Redis, or that Redis refuses, is
+//     retried in the background until it lands, instead of failing and
+//     letting the finished message be redelivered (kombu raises).
 //   - Nothing popped is ever unrecorded: messages are taken and recorded
 //     in unacked by one script, and an idle consumer waits with BLMOVE,
 //     which does not pop (kombu's BRPOP loses the message when the worker

@@ -20,8 +20,9 @@ const (
 	stateLive     state = iota // unsettled: kept alive
 	stateSettling              // Ack or Reject in flight
 	stateDeferred              // Ack or Reject to be retried once Redis answers: kept alive
-	stateDone                  // settled, or found restored by someone else
+	stateDone                  // settled
 	stateRestored              // given back by this process (Close, a stopping consumer)
+	stateStale                 // found restored by someone else: not this process's to run
 )
 
 // settleOp is what Ack or Reject asked for.
@@ -65,6 +66,7 @@ type inflight struct {
 	// confirmed is when Redis last showed the delivery to be this
 	// process's: recorded, or a refresh found one of its scores.
 	confirmed time.Time
+	warned    bool // a deferred settle's failure was logged
 
 	tagged bool // counted in Broker.liveTags; guarded by Broker.mu
 }
@@ -148,11 +150,11 @@ func (b *Broker) liveSnapshot() []*inflight {
 
 // Ack acknowledges d: the message is removed from unacked (ZREM + HDEL,
 // as kombu's ack). A delivery another consumer restored meanwhile (its
-// visibility timeout passed while this process could not refresh it)
-// returns broker.ErrStaleDelivery, and the restored copy is left alone. If
-// Redis cannot be reached the ack is kept and retried in the background
-// until it lands (the delivery is kept alive meanwhile), and Ack returns
-// nil. A delivery from a fanout (PUB/SUB) queue has nothing to acknowledge:
+// visibility timeout passed while this process could not refresh it; see
+// Stale) returns broker.ErrStaleDelivery, and the restored copy is left
+// alone. If Redis cannot be reached, or answers with an error, the ack is
+// kept and retried in the background until it lands (the delivery is kept
+// alive meanwhile), and Ack returns nil. A delivery from a fanout (PUB/SUB) queue has nothing to acknowledge:
 // Ack and Reject return nil and do nothing.
 func (b *Broker) Ack(d *broker.Delivery) error {
 	return b.settle(d, opAck)
@@ -183,9 +185,9 @@ func (b *Broker) settle(d *broker.Delivery, op settleOp) error {
 	f.mu.Lock()
 	switch f.state {
 	case stateLive:
-	case stateRestored:
+	case stateRestored, stateStale:
 		f.mu.Unlock()
-		return broker.ErrStaleDelivery
+		return fmt.Errorf("redis: %s delivery %s: %w", op, f.tag, broker.ErrStaleDelivery)
 	default:
 		f.mu.Unlock()
 		return ErrAlreadySettled
@@ -197,26 +199,69 @@ func (b *Broker) settle(d *broker.Delivery, op settleOp) error {
 	ctx, cancel := opContext()
 	defer cancel()
 	ours, err := b.apply(ctx, f, op, scores)
-	switch {
-	case err == nil:
-		f.finish(stateDone)
+	if err == nil {
 		if !ours {
+			f.finish(stateStale)
 			return fmt.Errorf("redis: %s delivery %s: restored by another consumer meanwhile: %w", op, f.tag, broker.ErrStaleDelivery)
 		}
+		f.finish(stateDone)
 		return nil
-	case isConnError(err):
-		f.mu.Lock()
-		f.state, f.op = stateDeferred, op
-		f.mu.Unlock()
-		f.c.release()
-		b.keeper.poke()
-		return nil
-	default:
-		f.mu.Lock()
-		f.state = stateLive
-		f.mu.Unlock()
-		return fmt.Errorf("redis: %s delivery %s: %w", op, f.tag, err)
 	}
+	// Whatever stopped it (an outage, or an error reply such as NOPERM or
+	// max clients), the settle is kept and retried until it lands: giving
+	// the delivery back to live would have it restored, and run again, at
+	// Close or after the visibility timeout. (kombu raises, Celery logs,
+	// and the message is redelivered.)
+	if !isConnError(err) {
+		b.logger.Warn("redis: "+op.String()+" failed; retrying it until it lands", "queue", f.d.Queue, "tag", f.tag, "error", err)
+	}
+	f.mu.Lock()
+	f.state, f.op = stateDeferred, op
+	f.mu.Unlock()
+	f.c.release()
+	b.keeper.poke()
+	return nil
+}
+
+// Stale reports whether d is no longer this process's to run: it was given
+// back (Close), or a settle or the keep-alive found that another consumer
+// restored it (its visibility timeout passed while this process could not
+// refresh it), so running it would run it twice. A delivery not confirmed
+// as this process's for half the visibility timeout (an outage stopped the
+// keep-alive) is checked now; if Redis cannot tell and the visibility
+// timeout has passed since, it is given up as stale and left in unacked,
+// for the restore to bring back. It implements broker.Delivery.Stale.
+func (b *Broker) Stale(d *broker.Delivery) bool {
+	f, ok := d.Private.(*inflight)
+	if !ok || f.b != b {
+		return false
+	}
+	f.mu.Lock()
+	state, lost, since := f.state, f.lost, time.Since(f.confirmed)
+	f.mu.Unlock()
+	switch {
+	case state == stateRestored || state == stateStale || lost:
+		return true
+	case state != stateLive || since < b.opts.VisibilityTimeout/2:
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(opTimeout, max(b.opts.VisibilityTimeout/4, time.Second)))
+	defer cancel()
+	err := b.keeper.refreshBatch(ctx, []*inflight{f})
+	f.mu.Lock()
+	state, since = f.state, time.Since(f.confirmed)
+	giveUp := err != nil && state == stateLive && since >= b.opts.VisibilityTimeout
+	if giveUp {
+		f.state, f.lost = stateStale, true
+	}
+	f.mu.Unlock()
+	if giveUp {
+		b.logger.Warn("redis: a delivery could not be confirmed as this process's for longer than the visibility timeout; not running it (the restore brings it back)",
+			"queue", f.d.Queue, "tag", f.tag, "error", err)
+		f.retire()
+		return true
+	}
+	return state == stateStale || state == stateRestored
 }
 
 // finish ends f's life as a delivery of this process.
@@ -226,9 +271,16 @@ func (f *inflight) finish(s state) {
 	f.state = s
 	f.mu.Unlock()
 	f.b.dropLive(f)
-	if prev != stateDeferred { // a deferred settle gave its credit back already
+	if prev != stateDeferred && prev != stateStale { // their credit was given back already
 		f.c.release()
 	}
+}
+
+// retire forgets f, now stale, and gives back its credit: the message is
+// someone else's, or the restore's.
+func (f *inflight) retire() {
+	f.b.dropLive(f)
+	f.c.release()
 }
 
 // apply runs op for f with the given candidate scores; ours is false when

@@ -98,11 +98,19 @@ func (k *keeper) loop() {
 	}
 }
 
-// shutdown stops the loop, then makes a last attempt at deferred settles.
+// shutdown stops the loop, then retries deferred settles until they land
+// or ctx ends. What is still deferred then stays in unacked, and the
+// visibility timeout redelivers it: an ack that cannot reach Redis before
+// the process ends cannot be kept anywhere else (Celery loses such acks
+// the same way).
 func (k *keeper) shutdown(ctx context.Context) {
 	close(k.done)
 	<-k.finished
-	k.flush(ctx)
+	for attempt := 0; !k.flush(ctx); attempt++ {
+		if !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), ctx.Done()) {
+			break
+		}
+	}
 	if n := k.deferred(); n > 0 {
 		k.b.logger.Error("redis: acks or rejects could not reach Redis before close; the visibility timeout will redeliver those messages",
 			"count", n)
@@ -126,13 +134,22 @@ func (k *keeper) refresh() {
 	fs := k.b.liveSnapshot()
 	for len(fs) > 0 {
 		n := min(len(fs), refreshBatch)
-		k.refreshBatch(fs[:n])
+		ctx, cancel := opContext()
+		err := k.refreshBatch(ctx, fs[:n])
+		cancel()
+		if err != nil && !isConnError(err) {
+			k.b.logger.Warn("redis: refreshing unsettled deliveries", "error", err)
+		}
 		fs = fs[n:]
 	}
 }
 
-func (k *keeper) refreshBatch(fs []*inflight) {
-	now := score(time.Now())
+// refreshBatch refreshes fs in one script call. One found no longer this
+// process's is marked lost; if it was live it becomes stale and gives its
+// credit back (a deferred one is left to its settle, which finds out).
+func (k *keeper) refreshBatch(ctx context.Context, fs []*inflight) error {
+	at := time.Now()
+	now := score(at)
 	args := []any{now}
 	var sent []*inflight
 	for _, f := range fs {
@@ -147,16 +164,11 @@ func (k *keeper) refreshBatch(fs []*inflight) {
 		f.mu.Unlock()
 	}
 	if len(sent) == 0 {
-		return
+		return nil
 	}
-	ctx, cancel := opContext()
-	defer cancel()
 	res, err := refreshScript.Run(ctx, k.b.client, []string{k.b.keys.unackedIdx()}, args...).Int64Slice()
 	if k.b.health.observe(err) != nil {
-		if !isConnError(err) {
-			k.b.logger.Warn("redis: refreshing unsettled deliveries", "error", err)
-		}
-		return
+		return err
 	}
 	for i, f := range sent {
 		if i >= len(res) {
@@ -164,7 +176,9 @@ func (k *keeper) refreshBatch(fs []*inflight) {
 		}
 		f.mu.Lock()
 		if res[i] == 1 {
-			f.scores = []float64{now}
+			// The older scores stay candidates: a failover to a replica
+			// that missed the last refreshes brings one of them back.
+			f.confirmed = at
 			f.mu.Unlock()
 			continue
 		}
@@ -172,17 +186,30 @@ func (k *keeper) refreshBatch(fs []*inflight) {
 		if warn {
 			f.lost = true
 		}
+		retire := f.state == stateLive
+		if retire {
+			f.state = stateStale
+		}
 		f.mu.Unlock()
-		if warn {
+		if retire {
+			f.retire()
+		} else if warn {
 			k.b.untag(f)
-			k.b.logger.Warn("redis: an unsettled delivery was restored by another consumer (its visibility timeout passed while this process could not refresh it); it may run twice",
+		}
+		if warn {
+			k.b.logger.Warn("redis: an unsettled delivery was restored by another consumer (its visibility timeout passed while this process could not refresh it); it is stale and must not run here",
 				"queue", f.d.Queue, "tag", f.tag, "visibility_timeout", k.b.opts.VisibilityTimeout)
 		}
 	}
+	return nil
 }
 
-// flush retries deferred settles; true means none is left to retry.
+// flush retries deferred settles; true means none is left to retry. A
+// settle that fails is kept and tried again later, whatever the error:
+// the delivery is finished, and dropping the settle would have it
+// restored and run again.
 func (k *keeper) flush(ctx context.Context) bool {
+	left := false
 	for _, f := range k.b.liveSnapshot() {
 		f.mu.Lock()
 		if f.state != stateDeferred {
@@ -199,13 +226,19 @@ func (k *keeper) flush(ctx context.Context) bool {
 					"queue", f.d.Queue, "tag", f.tag)
 			}
 			f.finish(stateDone)
-		case isConnError(err):
+		case isConnError(err) || ctx.Err() != nil:
 			return false
 		default:
-			k.b.logger.Error("redis: a deferred "+op.String()+" failed; the visibility timeout will redeliver the message",
-				"queue", f.d.Queue, "tag", f.tag, "error", err)
-			f.finish(stateDone)
+			f.mu.Lock()
+			warn := !f.warned
+			f.warned = true
+			f.mu.Unlock()
+			if warn {
+				k.b.logger.Error("redis: a deferred "+op.String()+" failed; retrying it until it lands",
+					"queue", f.d.Queue, "tag", f.tag, "error", err)
+			}
+			left = true
 		}
 	}
-	return true
+	return !left
 }
