@@ -1,0 +1,183 @@
+"""Run Celery's own integration suite (t/integration, unchanged) against the
+Go worker and against Celery's Python worker, on RabbitMQ and on Redis, and
+compare: per file and broker, passed / failed / skipped for each worker, the
+share of Python's passes that Go passes too, and the Go-only failures with a
+line of cause each (written to <out>/go-only-failures.txt).
+
+    .venv/bin/python interop/celerysuite/run.py [--brokers rabbitmq,redis]
+        [--workers go,python] [--files test_canvas.py,test_tasks.py] [-k EXPR]
+
+The suite uses the queue "celery": on RabbitMQ it gets a vhost of its own
+(celerysuite), on Redis database 14 as broker; results and the suite's
+Redis helpers use database 15 (both flushed before each run, nothing else).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+VENV_PY = os.path.join(ROOT, '.venv', 'bin', 'python')
+REDIS = ('127.0.0.1', 6379)
+BROKER_DB = int(os.environ.get('CELERYSUITE_BROKER_DB', '14'))
+BACKEND_DB = int(os.environ.get('CELERYSUITE_BACKEND_DB', '15'))
+VHOST = 'celerysuite'
+BROKERS = {
+    'rabbitmq': f'amqp://guest:guest@127.0.0.1:5672/{VHOST}',
+    'redis': f'redis://{REDIS[0]}:{REDIS[1]}/{BROKER_DB}',
+}
+BACKEND = f'redis://{REDIS[0]}:{REDIS[1]}/{BACKEND_DB}'
+LOCK = '/tmp/rabbitmq.lock'
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def redis_flush(db):
+    sh('redis-cli', '-h', REDIS[0], '-p', str(REDIS[1]), '-n', str(db), 'flushdb', stdout=subprocess.DEVNULL)
+
+
+def reset_vhost():
+    # A vhost of the suite's own: its "celery" queue and the manager's
+    # purge touch nobody else's messages.
+    subprocess.run(['flock', '-s', LOCK, 'rabbitmqctl', '-q', 'delete_vhost', VHOST],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sh('flock', '-s', LOCK, 'rabbitmqctl', '-q', 'add_vhost', VHOST, stdout=subprocess.DEVNULL)
+    sh('flock', '-s', LOCK, 'rabbitmqctl', '-q', 'set_permissions', '-p', VHOST, 'guest', '.*', '.*', '.*',
+       stdout=subprocess.DEVNULL)
+
+
+def build_go(out):
+    binary = os.path.join(out, 'goworker')
+    sh('go', 'build', '-o', binary, './interop/celerysuite/goworker', cwd=ROOT)
+    return binary
+
+
+def run_one(out, broker, worker, test_file, goworker, kexpr, timeout):
+    name = f'{worker}-{broker}-{test_file[:-3]}'
+    xml = os.path.join(out, name + '.xml')
+    log = os.path.join(out, name + '.log')
+    redis_flush(BACKEND_DB)
+    if broker == 'redis':
+        redis_flush(BROKER_DB)
+    else:
+        reset_vhost()
+    env = dict(os.environ)
+    env.update({
+        'TEST_BROKER': BROKERS[broker], 'TEST_BACKEND': BACKEND,
+        'REDIS_HOST': REDIS[0], 'REDIS_PORT': str(REDIS[1]),
+        'CELERYSUITE_REDIS_DB': str(BACKEND_DB), 'CELERYSUITE_WORKER': worker,
+        'PYTHONPATH': HERE,
+    })
+    if worker == 'go':
+        env['CELERYSUITE_GOWORKER'] = goworker
+        env['CELERYSUITE_GO_LOG'] = os.path.join(out, name + '.goworker.log')
+        if os.path.exists(env['CELERYSUITE_GO_LOG']):
+            os.remove(env['CELERYSUITE_GO_LOG'])
+    cmd = [VENV_PY, '-m', 'pytest', '-q', '-rN', '--junitxml', xml, f'--timeout={timeout}',
+           os.path.join('t', 'integration', test_file)]
+    if kexpr:
+        cmd += ['-k', kexpr]
+    if broker == 'rabbitmq':
+        cmd = ['flock', '-s', LOCK] + cmd
+    start = time.monotonic()
+    with open(log, 'w') as f:
+        subprocess.run(cmd, cwd=HERE, env=env, stdout=f, stderr=subprocess.STDOUT)
+    return xml, time.monotonic() - start
+
+
+def outcomes(xml):
+    """test id -> (outcome, one line of cause) from a junit file."""
+    res = {}
+    if not os.path.exists(xml):
+        return res
+    for tc in ET.parse(xml).getroot().iter('testcase'):
+        tid = f"{tc.get('classname', '').split('.')[-1]}::{tc.get('name')}"
+        outcome, cause = 'passed', ''
+        for child in tc:
+            if child.tag in ('failure', 'error'):
+                outcome = 'failed'
+                cause = (child.get('message') or child.text or '').strip()
+                break
+            if child.tag == 'skipped':
+                outcome = 'skipped'
+                cause = (child.get('message') or '').strip()
+                break
+        if tid in res and res[tid][0] == 'failed' and outcome != 'failed':
+            continue  # a teardown error after the call counts as a failure
+        res[tid] = (outcome, ' '.join(cause.split())[:220])
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--brokers', default='rabbitmq,redis')
+    ap.add_argument('--workers', default='go,python')
+    ap.add_argument('--files', default='test_canvas.py,test_tasks.py')
+    ap.add_argument('-k', dest='kexpr', default='')
+    ap.add_argument('--timeout', type=int, default=90, help='seconds per test (pytest-timeout)')
+    ap.add_argument('--out', default='/tmp/celerysuite')
+    ap.add_argument('--goworker', default='', help='a built Go worker binary (default: build this tree\'s)')
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    workers = a.workers.split(',')
+    goworker = a.goworker or (build_go(a.out) if 'go' in workers else None)
+    table, fails, times = [], [], {}
+    for broker in a.brokers.split(','):
+        for test_file in a.files.split(','):
+            got = {}
+            for worker in workers:
+                xml, secs = run_one(a.out, broker, worker, test_file, goworker, a.kexpr, a.timeout)
+                times[(worker, broker, test_file)] = secs
+                got[worker] = outcomes(xml)
+            row = {'file': test_file, 'broker': broker}
+            for worker in workers:
+                counts = {'passed': 0, 'failed': 0, 'skipped': 0}
+                for outcome, _ in got[worker].values():
+                    counts[outcome] += 1
+                row[worker] = counts
+            if 'go' in got and 'python' in got:
+                py_pass = {t for t, (o, _) in got['python'].items() if o == 'passed'}
+                both = {t for t in py_pass if got['go'].get(t, ('missing',))[0] == 'passed'}
+                row['go_of_python'] = (len(both), len(py_pass))
+                for t in sorted(py_pass - both):
+                    o, cause = got['go'].get(t, ('missing', 'not run'))
+                    fails.append(f'{broker} {test_file}::{t} [{o}] {cause}')
+            table.append(row)
+    print()
+    hdr = f"{'file':<16} {'broker':<9}" + ''.join(f" {w + ' pass/fail/skip':>22}" for w in workers)
+    if len(workers) == 2:
+        hdr += '  go passes of python passes'
+    print(hdr)
+    tot = {}
+    for row in table:
+        line = f"{row['file']:<16} {row['broker']:<9}"
+        for w in workers:
+            c = row[w]
+            line += f" {c['passed']:>10}/{c['failed']}/{c['skipped']:<8}"
+        if 'go_of_python' in row:
+            n, d = row['go_of_python']
+            line += f"  {n}/{d} = {100 * n / max(d, 1):.1f}%"
+            t = tot.setdefault(row['broker'], [0, 0])
+            t[0] += n
+            t[1] += d
+        print(line)
+    for broker, (n, d) in tot.items():
+        print(f'{broker}: Go passes {n} of the {d} tests Python passes ({100 * n / max(d, 1):.1f}%)')
+    print('seconds per run: ' + ', '.join(f'{w}/{b}/{f[:-3]} {s:.0f}' for (w, b, f), s in times.items()))
+    path = os.path.join(a.out, 'go-only-failures.txt')
+    with open(path, 'w') as f:
+        f.write('\n'.join(fails) + ('\n' if fails else ''))
+    print(f'{len(fails)} Go-only failures written to {path}')
+    with open(os.path.join(a.out, 'summary.json'), 'w') as f:
+        json.dump({'table': table, 'seconds': {'/'.join(k): v for k, v in times.items()}}, f, indent=1)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
