@@ -53,6 +53,7 @@ type Scheduler struct {
 	ttl    time.Duration
 	log    *slog.Logger
 	ticks  atomic.Int64 // ticks that had runs due, for the benchmark
+	fence  atomic.Int64 // the fencing token while leading, else 0 (for tests)
 }
 
 // New returns a scheduler on store, sending with sender.
@@ -107,7 +108,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			return err
 		}
 		s.log.Info("beat: leader", "fence", ls.fence, "lock_ttl", s.ttl, "store", "postgres", "schema", s.store.schema)
+		s.fence.Store(ls.fence)
 		err = s.lead(ls)
+		s.fence.Store(0)
 		ls.release()
 		if ctx.Err() != nil {
 			return nil
@@ -119,11 +122,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // ensureState creates the bookkeeping tables (not the schema's) and checks
 // the schema's tables.
 func ensureState(ctx context.Context, st *Store) error {
-	if err := checkTables(ctx, st.pool, st.schema); err == nil {
-		return nil
-	} else if !errors.Is(err, ErrNoTables) {
-		return err
-	}
+	// Always: a database migrated by an older version may lack a function.
 	err := pgx.BeginFunc(ctx, st.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrateLock)); err != nil {
 			return err
@@ -165,6 +164,8 @@ type leader struct {
 	byName map[string]*item
 	rec    *recorder
 
+	marks chan []sendRun // to the marker (nil: mark at once)
+
 	mu     sync.Mutex
 	failed []failedSend
 }
@@ -185,13 +186,18 @@ func (s *Scheduler) lead(ls *lease) error {
 		return err
 	}
 	defer stop()
-	ld := &leader{Scheduler: s, ls: ls, byName: map[string]*item{}}
+	ld := &leader{Scheduler: s, ls: ls, byName: map[string]*item{}, marks: make(chan []sendRun, 1024)}
 	if s.cfg.Results != nil {
 		ld.rec = newRecorder(s.store, s.cfg.Results, s.cfg.ResultPoll, s.log)
+		rctx, stop := context.WithCancel(ctx) // also when lead ends on an error
 		var wg sync.WaitGroup
-		wg.Go(func() { ld.rec.run(ctx) })
+		wg.Go(func() { ld.rec.run(rctx) })
 		defer wg.Wait()
+		defer stop()
 	}
+	var mwg sync.WaitGroup
+	mwg.Go(func() { ld.marker(ctx) })
+	defer func() { close(ld.marks); mwg.Wait() }() // runs before the recorder's Wait
 	if err := ld.reload(ctx); err != nil {
 		return err
 	}
@@ -529,36 +535,36 @@ func (ld *leader) fire(ctx context.Context, due []*item, now time.Time) error {
 		}
 		plans[i] = p
 	}
+	// One round trip: a batch is one implicit transaction, which the fence
+	// check fails as a whole when the token is not ours.
+	// A shutdown does not interrupt a claim (its outcome would be unknown
+	// here); the lease's end does.
+	cctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), ld.ls.Until())
+	defer cancel()
 	err := ld.ls.withConn(func(c *pgx.Conn) error {
-		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-			b := &pgx.Batch{}
-			var fence int64
-			b.Queue("SELECT fence FROM gocelery_beat_leader WHERE name = $1 FOR SHARE", string(ld.store.schema)).
-				QueryRow(func(r pgx.Row) error { return r.Scan(&fence) })
-			for _, p := range plans {
-				e := p.it.e
-				q := claimPTSQL
-				if ld.store.schema == SchemaDjango {
-					q = claimDjangoSQL
-					if e.oneOff {
-						q = claimDjangoOneOffSQL
-					}
+		b := &pgx.Batch{}
+		b.Queue("SELECT gocelery_beat_fence($1, $2)", string(ld.store.schema), ld.ls.fence)
+		for _, p := range plans {
+			e := p.it.e
+			q := claimPTSQL
+			if ld.store.schema == SchemaDjango {
+				q = claimDjangoSQL
+				if e.oneOff {
+					q = claimDjangoOneOffSQL
 				}
-				b.Queue(q, e.Name, e.runNow, now, p.inc, optTime(p.next), e.version, e.dbLast, e.count,
-					ld.store.kind(), p.claim.DueMS, p.claim.TaskID, p.claim.Fence, p.claim.State).
-					Exec(func(tag pgconn.CommandTag) error { p.res = tag.RowsAffected(); return nil })
 			}
-			if oneOff && ld.store.schema == SchemaDjango {
-				b.Queue(djangoChanged, now) // Django's save of the disabled one-off
-			}
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
-				return err
-			}
-			if fence != ld.ls.fence {
-				return fmt.Errorf("%w: the claim found fencing token %d, ours is %d", beat.ErrLockLost, fence, ld.ls.fence)
-			}
-			return nil
-		})
+			b.Queue(q, e.Name, e.runNow, now, p.inc, optTime(p.next), e.version, e.dbLast, e.count,
+				ld.store.kind(), p.claim.DueMS, p.claim.TaskID, p.claim.Fence, p.claim.State).
+				Exec(func(tag pgconn.CommandTag) error { p.res = tag.RowsAffected(); return nil })
+		}
+		if oneOff && ld.store.schema == SchemaDjango {
+			b.Queue(djangoChanged, now) // Django's save of the disabled one-off
+		}
+		err := c.SendBatch(cctx, b).Close()
+		if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == fenceErrCode {
+			return fmt.Errorf("%w: %s", beat.ErrLockLost, pe.Message)
+		}
+		return err
 	})
 	if errors.Is(err, beat.ErrLockLost) {
 		return err
@@ -663,13 +669,57 @@ func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
 		})
 	}
 	wg.Wait()
-	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	b := &pgx.Batch{}
+	var sent []sendRun
 	for _, r := range runs {
 		if !r.ok {
 			continue
 		}
+		sent = append(sent, r)
+		ld.log.Info("beat: task sent", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID,
+			"due_ms", r.c.DueMS, "delay_ms", r.sent.Sub(r.due).Milliseconds(), "fence", ld.ls.fence, "resend", resend)
+		if ld.cfg.OnSend != nil {
+			ld.cfg.OnSend(beat.SendEvent{Entry: r.e.Name, TaskID: r.c.TaskID, Due: r.due, Sent: r.sent, Fence: ld.ls.fence, Resend: resend})
+		}
+	}
+	if len(sent) == 0 {
+		return
+	}
+	if ld.marks == nil {
+		ld.markSent(ctx, sent)
+		return
+	}
+	ld.marks <- sent
+}
+
+// marker marks sent runs in the background, many ticks in one batch (one
+// commit), so the next tick's claim does not wait for the mark. It returns
+// when marks is closed and drained.
+func (ld *leader) marker(ctx context.Context) {
+	for batch := range ld.marks {
+	more:
+		for len(batch) < 1000 {
+			select {
+			case b, ok := <-ld.marks:
+				if !ok {
+					break more
+				}
+				batch = append(batch, b...)
+			default:
+				break more
+			}
+		}
+		ld.markSent(ctx, batch)
+	}
+}
+
+// markSent records runs as sent (the claim's state, the SENT outcome and,
+// on periodic_task, status and job_id), then has the recorder follow them:
+// only then, so SENT never overwrites the run's final state.
+func (ld *leader) markSent(ctx context.Context, runs []sendRun) {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	b := &pgx.Batch{}
+	for _, r := range runs {
 		oj, _ := json.Marshal(beat.Outcome{TaskID: r.c.TaskID, Due: r.due, DueMS: r.due.UnixMilli(), SentAt: r.sent, Status: "SENT"})
 		b.Queue(`UPDATE gocelery_beat_state SET claim_state = 'sent', outcome = $4, updated_at = now()
 WHERE kind = $1 AND name = $2 AND task_id = $3`, ld.store.kind(), r.e.Name, r.c.TaskID, oj)
@@ -677,22 +727,12 @@ WHERE kind = $1 AND name = $2 AND task_id = $3`, ld.store.kind(), r.e.Name, r.c.
 			b.Queue(`UPDATE periodic_task SET status = 'SENT', job_id = $2, result = NULL, error = NULL WHERE name = $1`, r.e.Name, r.c.TaskID)
 		}
 	}
-	if b.Len() > 0 {
-		if err := ld.store.pool.SendBatch(mctx, b).Close(); err != nil {
-			ld.log.Warn("beat: marking runs sent failed", "err", err)
-		}
+	if err := ld.store.pool.SendBatch(mctx, b).Close(); err != nil {
+		ld.log.Warn("beat: marking runs sent failed", "err", err)
 	}
-	for _, r := range runs {
-		if !r.ok {
-			continue
-		}
-		ld.log.Info("beat: task sent", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID,
-			"due_ms", r.c.DueMS, "delay_ms", r.sent.Sub(r.due).Milliseconds(), "fence", ld.ls.fence, "resend", resend)
-		if ld.rec != nil {
+	if ld.rec != nil {
+		for _, r := range runs {
 			ld.rec.track(r.e.Name, r.c.TaskID, r.due, r.sent)
-		}
-		if ld.cfg.OnSend != nil {
-			ld.cfg.OnSend(beat.SendEvent{Entry: r.e.Name, TaskID: r.c.TaskID, Due: r.due, Sent: r.sent, Fence: ld.ls.fence, Resend: resend})
 		}
 	}
 }

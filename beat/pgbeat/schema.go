@@ -60,7 +60,21 @@ CREATE TABLE IF NOT EXISTS gocelery_beat_state (
     PRIMARY KEY (kind, name)
 );
 INSERT INTO gocelery_beat_leader (name) VALUES ('periodic_task'), ('django') ON CONFLICT DO NOTHING;
+-- The fencing check of a claim: fails the claim's transaction unless token
+-- is the current one, and keeps it current (FOR SHARE) until that commits.
+CREATE OR REPLACE FUNCTION gocelery_beat_fence(leader text, token bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM gocelery_beat_leader WHERE name = leader AND fence = token FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'gocelery beat: fencing token % is not the current one', token
+            USING ERRCODE = 'GCB01';
+    END IF;
+END $$;
 `
+
+// fenceErrCode is the SQLSTATE gocelery_beat_fence raises.
+const fenceErrCode = "GCB01"
 
 // periodicTaskDDL is the periodic_task table: the seed's columns (name,
 // description, args, last_run_time, trigger, status, enabled, job_id,

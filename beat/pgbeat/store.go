@@ -278,7 +278,12 @@ func scanDjango(row pgx.Row, now time.Time) (*entry, error) {
 		}
 		e.Schedule = c
 	case clockedID != nil && clocked != nil:
+		// Due once its time has come, whenever the row was changed: the
+		// date_changed fallback does not apply (clocked.is_due ignores it).
 		e.Schedule = &beat.Clocked{At: *clocked}
+		if e.dbLast == nil {
+			e.LastRunAt = time.Time{}
+		}
 	case solarID != nil:
 		return e, fmt.Errorf("entry %q: %w: solar schedules are not run by gocelery beat", e.Name, beat.ErrUnsupportedSchedule)
 	default:
@@ -517,9 +522,12 @@ func (s *Store) putDjango(ctx context.Context, tx pgx.Tx, e *beat.Entry, args []
 	}
 	a, _ := json.Marshal(args)
 	k, _ := json.Marshal(kwargs)
-	lastRun := &last
-	if !e.Enabled {
-		lastRun = nil // PeriodicTask.save: a disabled task has no last run
+	// A new task has no last run, as one made in Django's admin: its
+	// schedule counts from date_changed (now). PeriodicTask.save: nor has a
+	// disabled one.
+	var lastRun *time.Time
+	if !e.LastRunAt.IsZero() && e.Enabled {
+		lastRun = &last
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO django_celery_beat_periodictask (name, task, args, kwargs, queue, exchange,
     routing_key, expires, enabled, last_run_at, total_run_count, date_changed, description, crontab_id,
