@@ -157,6 +157,9 @@ func (p *Producer) applyChain(ctx context.Context, tasks []protocol.Signature, a
 	}
 	for i := range steps {
 		freeze(&steps[i])
+		if rt := p.replyTo(o); rt != "" && steps[i].Options["reply_to"] == nil {
+			setOpt(&steps[i], "reply_to", rt) // as Celery's freeze: the rpc:// reply queue
+		}
 		if len(o.LinkError) > 0 {
 			setOpt(&steps[i], "link_error", sigList(o.LinkError))
 		}
@@ -483,12 +486,13 @@ func chordCount(s protocol.Signature) (int, error) {
 }
 
 // optionsOf reads apply_async options from a signature's options dict.
-// Options with no meaning for sending (stamps, reply_to of the original
-// producer's result consumer, subtask_type) are ignored.
+// Options with no meaning for sending (stamps, subtask_type) are ignored.
+// reply_to is kept: Celery's freeze sets it to the client's oid, where an
+// rpc:// client waits for the chain's last step.
 func optionsOf(m map[string]any) (Options, error) {
 	var o Options
 	str := func(k string) string { s, _ := m[k].(string); return s }
-	o.TaskID = str("task_id")
+	o.TaskID, o.ReplyTo = str("task_id"), str("reply_to")
 	switch q := m["queue"].(type) {
 	case string:
 		o.Queue = q
