@@ -136,6 +136,17 @@ func TestGoProducerRPCResults(t *testing.T) {
 					if v, err := pr.Get(ctx); err != nil || v != int64(3) {
 						t.Errorf("progress: Get = %v, %v; want 3", v, err)
 					}
+
+					// Every chain step carries the reply queue (Celery's freeze), so
+					// the step the worker sends last answers here too.
+					ch, err := p.Apply(ctx, producer.Chain(producer.Sig(side.prefix+"add", 1, 2),
+						producer.Sig(side.prefix+"add", 10), producer.Sig(side.prefix+"add", 100)), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if v, err := ch.Get(ctx); err != nil || v != int64(113) {
+						t.Errorf("chain: Get = %v, %v; want 113", v, err)
+					}
 				})
 			}
 		})
@@ -162,9 +173,12 @@ func startRPCGoWorker(t *testing.T, ctx context.Context, b rpcBroker, queue stri
 	t.Helper()
 	mux := consumer.NewMux()
 	tasks.Register(mux, nil)
-	w, err := consumer.New(b, results.NewRPC(b, results.RPCOptions{}), mux, consumer.Config{
-		Queues: []broker.Queue{{Name: queue}}, Concurrency: 4, TrackStarted: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	backend := results.NewRPC(b, results.RPCOptions{})
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := consumer.New(b, backend, mux, consumer.Config{
+		Queues: []broker.Queue{{Name: queue}}, DefaultQueue: queue, Concurrency: 4, TrackStarted: true,
+		Workflow: producer.NewWorkerWorkflow(b, backend, producer.Config{DefaultQueue: queue}, logger),
+		Logger:   logger,
 	})
 	if err != nil {
 		t.Fatal(err)

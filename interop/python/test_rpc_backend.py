@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, chain
 from celery.exceptions import TaskRevokedError
 from celery.result import ResultSet
 
@@ -43,7 +43,7 @@ def rpc_env(request, goworker_bin, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp(f"rpc-{request.param}")
     worker = GoWorker(goworker_bin, [queue], os.path.join(str(log_dir), "goworker.log"),
                       f"rpc-{new_uid()}@interop", concurrency=4,
-                      flags=["--track-started"], backend_url="rpc://", broker_url=broker_url)
+                      flags=["--track-started", "--default-queue", queue], backend_url="rpc://", broker_url=broker_url)
     app = rpc_app(broker_url, queue)
     try:
         worker.wait_ready()
@@ -156,6 +156,15 @@ def test_many_results_one_reply_queue(env):
     assert [r.get(timeout=TIMEOUT) for r in reversed(rs)] == [i + 1000 for i in reversed(range(50))]
     more = ResultSet([env.app.send_task("interop.add", args=[i, 1]) for i in range(20)])
     assert more.join_native(timeout=TIMEOUT) == [i + 1 for i in range(20)]
+
+
+def test_chain_result_reaches_the_client(env):
+    """Celery's freeze gives every chain step the client's oid as reply_to;
+    the Go worker sends the next step with it, so the last step's result
+    comes back to the client, as with a Python worker."""
+    c = chain(env.app.signature("interop.add", (1, 2)), env.app.signature("interop.add", (10,)),
+              env.app.signature("interop.add", (100,)))
+    assert c.apply_async().get(timeout=TIMEOUT) == 113
 
 
 def test_states_of_other_clients_stay_apart(env):
