@@ -10,6 +10,7 @@ backend, so both are this file's business. Redis DB 14 is this file's.
 """
 import os
 import re
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -141,6 +142,17 @@ def test_retry_states(env):
 
 def test_expired_task_is_revoked(env):
     r = env.app.send_task("interop.add", args=[1, 1], expires=-1)
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=TIMEOUT)
+    assert r.state == "REVOKED"
+
+
+def test_revoked_eta_task_reraises(env):
+    """A revoked countdown task: as Celery's worker, the Go worker publishes
+    REVOKED (with the request's reply_to) when it discards the task."""
+    r = env.app.send_task("interop.add", args=[2, 2], countdown=1.5)
+    time.sleep(0.2)  # received and held by the worker
+    env.app.control.revoke(r.id)
     with pytest.raises(TaskRevokedError):
         r.get(timeout=TIMEOUT)
     assert r.state == "REVOKED"
