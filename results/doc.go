@@ -16,4 +16,9 @@
 // travel with kombu's type tags and come back as the same Go types. Go maps
 // have no order, so their keys are written sorted; use [Dict] where the
 // order of an object's keys must match what Python writes.
+//
+// Celery's rpc:// backend is here too: [RPC] is the worker side, which
+// publishes each state to the task message's reply_to queue instead of
+// storing it, and [ReplyQueue] the client side, which declares that queue
+// and reads the states from it.
 package results
