@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ func main() {
 	skipPython := flag.Bool("skip-python", false, "measure only the Go worker and the raw consumer")
 	publishOnly := flag.Bool("publish-only", false, "measure only the publish rates (Go producer against Python send_task)")
 	chordOnly := flag.Int("chord", 0, "measure only a chord of this many Go tasks (0: the chord of 1,000 runs after the other measures)")
+	goProfile := flag.String("goprofile", "", "write the Go worker's CPU profile (pprof) for its runs to FILE.noresults and FILE.results")
 	flag.Parse()
 	py, err := filepath.Abs(*python)
 	switch {
@@ -57,7 +59,7 @@ func main() {
 	case *chordOnly > 0:
 		err = chordBench(*brokerURL, *redisURL, *chordOnly)
 	default:
-		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython)
+		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython, *goProfile)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -65,7 +67,7 @@ func main() {
 	}
 }
 
-func run(n int, brokerURL, redisURL string, concurrency int, python string, skipPython bool) error {
+func run(n int, brokerURL, redisURL string, concurrency int, python string, skipPython bool, goProfile string) error {
 	tmp, err := os.MkdirTemp("", "gocelery-bench")
 	if err != nil {
 		return err
@@ -106,7 +108,11 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 		if backend != "" {
 			args = append(args, "--result-backend", backend)
 		}
-		r, err := drainWith(conn, q, n, goworker, args, nil)
+		profArgs := args
+		if goProfile != "" {
+			profArgs = append(args[:len(args):len(args)], "--cpuprofile", goProfile+map[bool]string{false: ".noresults", true: ".results"}[withResults])
+		}
+		r, err := drainWith(conn, q, n, goworker, profArgs, nil)
 		if err != nil {
 			return fmt.Errorf("go worker: %w", err)
 		}
@@ -376,6 +382,16 @@ func drainWith(conn *amqp.Connection, q string, n int, bin string, args, env []s
 		return result{}, err
 	}
 	defer func() {
+		if slices.Contains(args, "--cpuprofile") { // a warm stop writes the profile
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			select {
+			case <-exited:
+				return
+			case <-time.After(15 * time.Second):
+			}
+		}
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 	}()
