@@ -366,3 +366,53 @@ func TestMalformedMoved(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "unacked to empty", func() bool { return a.HLen(ctx, pfx+"unacked").Val() == 0 })
 }
+
+// TestWaitWithoutBLMOVE consumes from a server without BLMOVE (Redis
+// before 6.2, here renamed away): the idle wait falls back to BRPOPLPUSH
+// list list, and messages published to an idle consumer, one at a time
+// and several at once, all arrive once.
+func TestWaitWithoutBLMOVE(t *testing.T) {
+	addr := ownRedis(t, "--rename-command", "BLMOVE", "")
+	client := redis.NewClient(&redis.Options{Addr: addr})
+	defer client.Close()
+	waits := &commandCounter{}
+	b := New(client, 0, Options{Logger: quietLogger(t), RestoreInterval: -1})
+	b.waiterHooks = []redis.Hook{waits}
+	defer b.Close()
+	ds := consume(t, b, 0, broker.Queue{Name: "q"})
+	seen := map[string]int{}
+	for i := range 3 {
+		time.Sleep(100 * time.Millisecond) // idle, waiting
+		publish(t, b, text("q", fmt.Sprint("one-", i)))
+		d := recv(t, ds)
+		seen[string(d.Body)]++
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i := range 5 {
+		publish(t, b, text("q", fmt.Sprint("many-", i)))
+	}
+	for range 5 {
+		d := recv(t, ds)
+		seen[string(d.Body)]++
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != 8 {
+		t.Errorf("received %v, want 8 distinct messages once each", seen)
+	}
+	for body, n := range seen {
+		if n != 1 {
+			t.Errorf("%s received %d times", body, n)
+		}
+	}
+	if waits.get("brpoplpush") == 0 {
+		t.Error("no BRPOPLPUSH: the fallback was not used")
+	}
+	if n := client.LLen(context.Background(), "q").Val(); n != 0 {
+		t.Errorf("%d messages left in the queue", n)
+	}
+}

@@ -16,7 +16,7 @@ import (
 
 // ownRedis starts a redis-server of the test's own on a free port, for
 // faults the shared server must not see; it returns its address.
-func ownRedis(t *testing.T) string {
+func ownRedis(t *testing.T, args ...string) string {
 	t.Helper()
 	needRedis(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -25,8 +25,9 @@ func ownRedis(t *testing.T) string {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	argv := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir()}, args...)
+	cmd := exec.Command("redis-server", argv...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("redis-server: %v (scripts/services.sh installs it)", err)
 	}
