@@ -43,7 +43,7 @@ func (e *etaHeld) hold(j *job) {
 
 // adjustPrefetch sets prefetch to base + held (capped); call with mu held.
 func (e *etaHeld) adjustPrefetch() {
-	if e.w.prefetch == 0 { // unlimited already
+	if e.w.prefetch == 0 || e.w.cfg.StaticPrefetch { // unlimited already, or fixed (quorum queues)
 		return
 	}
 	want := min(len(e.h), e.w.cfg.ETATaskLimit)

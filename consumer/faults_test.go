@@ -359,3 +359,18 @@ func TestChordJoinUnavailableRedelivers(t *testing.T) {
 		}
 	})
 }
+
+// On quorum queues the prefetch stays fixed (Celery's static QoS): held
+// ETA tasks do not raise it, and Stats reports the prefetch in force.
+func TestStaticPrefetchIsNotRaised(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		mux.HandleFunc("t", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, nil })
+		b, _, w := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 1, PrefetchMultiplier: 4, StaticPrefetch: true})
+		b.Send(t, "1", &protocol.Message{ID: "e1", Task: "t", ETA: time.Now().Add(time.Hour)})
+		time.Sleep(100 * time.Millisecond)
+		if s := w.Stats(); s.HeldETA != 1 || s.Prefetch != 4 || b.Prefetch() != 4 {
+			t.Fatalf("stats %+v, broker prefetch %d; want 1 held and prefetch 4", s, b.Prefetch())
+		}
+	})
+}

@@ -90,6 +90,10 @@ type Config struct {
 	// routing key "<queue>.<reason>"; otherwise they go to a durable queue
 	// of that name on the default exchange.
 	DeadLetterExchange string
+	// StaticPrefetch keeps the prefetch fixed: no raise for held ETA
+	// tasks, as Celery's worker does on quorum queues (RabbitMQ refuses
+	// global QoS there, and a per-consumer one is not raised).
+	StaticPrefetch bool
 	// ETATaskLimit caps the ETA tasks held in memory (Celery's
 	// worker_eta_task_limit); past it prefetch stops growing, so the
 	// broker stops delivering. 0 means 10,000.

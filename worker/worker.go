@@ -134,6 +134,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.StringVar(&o.BrokerURL, "broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, pyamqp://, redis://, rediss://, sentinel://; a failover list amqp://h1//;amqp://h2//; env CELERY_BROKER_URL)")
 	fs.StringVar(&o.BrokerURL, "b", o.BrokerURL, "shorthand for --broker")
 	fs.StringVar(&o.ResultBackendURL, "result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, rediss://, rpc://, sentinel://; env CELERY_RESULT_BACKEND); empty stores nothing")
+	fs.BoolVar(&o.ResultPersistent, "result-persistent", false, "rpc:// results: send states as persistent messages (result_persistent)")
 	if o.BrokerTransportOptions == nil {
 		o.BrokerTransportOptions = make(map[string]any)
 	}
@@ -143,7 +144,6 @@ func ParseFlags(name string, args []string, stderr io.Writer) (*Options, error) 
 	fs.Var(TransportOptionsFlag(o.BrokerTransportOptions), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON (master_name=mymaster, sentinel_kwargs={\"password\":\"x\"})")
 	fs.Var(TransportOptionsFlag(o.ResultBackendTransportOptions), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
 	fs.StringVar(&o.BrokerFailoverStrategy, "broker-failover-strategy", "round-robin", "order in which a broker URL list is tried: round-robin or shuffle (broker_failover_strategy)")
-	fs.BoolVar(&o.ResultPersistent, "result-persistent", false, "rpc:// results: send states as persistent messages (result_persistent)")
 	var queues string
 	fs.StringVar(&queues, "queues", "", "comma-separated queues to consume (required; Celery's -Q)")
 	fs.StringVar(&queues, "Q", "", "shorthand for --queues")
@@ -270,6 +270,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	o.Config.Queues = plan.consumed
 	if plan.staticQoS {
 		log.Info("Global QoS is disabled. Prefetch count is now static.") // Celery's words, for quorum queues
+		o.Config.StaticPrefetch = true
 	}
 
 	sigs := make(chan os.Signal, 2)
