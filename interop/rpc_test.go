@@ -74,9 +74,11 @@ func TestGoProducerRPCResults(t *testing.T) {
 
 			pyQueue := "rpc_py_" + uuid.NewString()[:8]
 			goQueue := "rpc_go_" + uuid.NewString()[:8]
+			// Registered first, so it runs once both workers have stopped: a
+			// Celery worker whose queue is deleted under it declares it again.
+			t.Cleanup(func() { deleteRPCQueues(tc.url, pyQueue, goQueue) })
 			startRPCPythonWorker(t, celery, tc.url, pyQueue)
 			startRPCGoWorker(t, ctx, dial(), goQueue)
-			t.Cleanup(func() { deleteRPCQueues(tc.url, pyQueue, goQueue) })
 
 			for _, side := range []struct{ name, queue, prefix string }{
 				{"python", pyQueue, "pyinterop."},
