@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,4 +137,42 @@ func waitQueueGone(t *testing.T, ctx context.Context, b *amqp.Broker, name strin
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// BenchmarkRPCRoundTrip is one state published by a worker's RPC backend
+// and read by a client's ReplyQueue on RabbitMQ, 8 publishers at once.
+func BenchmarkRPCRoundTrip(b *testing.B) {
+	ctx := context.Background()
+	dial := func() *amqp.Broker {
+		c, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672//", amqp.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	worker, client := dial(), dial()
+	q, err := results.OpenReplyQueue(ctx, client, results.ReplyQueueOptions{Expires: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	backend := results.NewRPC(worker, results.RPCOptions{})
+	var next atomic.Int64
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := fmt.Sprintf("bench-%d", next.Add(1))
+			m := &results.Meta{TaskID: id, Status: results.Success, Result: int64(1), ReplyTo: q.ReplyTo()}
+			if err := backend.Store(ctx, m); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := q.Wait(ctx, id); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
