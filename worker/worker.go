@@ -377,23 +377,35 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 		srv := metrics.NewServer(o.MetricsAddr, collector.Handler(), log)
 		start("metrics", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
 	}
+	// Signals drive Shutdown as a service's own stop would: the first
+	// begins it warm, the second ends the warm phase (cold, after the soft
+	// phase if configured), the third skips what is left of the soft phase.
 	go func() {
 		select {
 		case sig := <-sigs:
 			log.Info("warm shutdown: finishing running tasks (signal again for cold shutdown)", "signal", sig.String())
-			stop()
 		case <-runCtx.Done():
 			return
 		}
-		sig := <-sigs
-		log.Warn("cold shutdown (signal again to skip the soft shutdown phase)", "signal", sig.String())
-		w.Kill()
-		select {
-		case sig := <-sigs:
-			log.Warn("cancelling running tasks now", "signal", sig.String())
-			w.Kill()
-		case <-runCtx.Done():
-		}
+		warm, endWarm := context.WithCancel(context.Background())
+		defer endWarm()
+		go func() {
+			for n := 0; ; n++ {
+				select {
+				case sig := <-sigs:
+					if n == 0 {
+						log.Warn("cold shutdown (signal again to skip the soft shutdown phase)", "signal", sig.String())
+						endWarm()
+					} else {
+						log.Warn("cancelling running tasks now", "signal", sig.String())
+						w.Kill()
+					}
+				case <-runCtx.Done():
+					return
+				}
+			}
+		}()
+		_ = w.Shutdown(warm)
 	}()
 	return w.Run(runCtx)
 }
@@ -469,7 +481,8 @@ func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) 
 	var err error
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
-		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch})
+		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch,
+			FailoverStrategy: o.FailoverStrategy})
 	case "redis", "rediss", "sentinel":
 		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
 			TransportOptions: o.TransportOptions})
