@@ -387,10 +387,9 @@ func (c *consumer) deadLetter(f *inflight, queue string, cause error) {
 }
 
 // giveBack returns a message that was never handed over to the front of
-// its list, unmarked (nobody saw it): atomically with the removal of its
-// unacked entry if there is one, else with a plain RPUSH. If Redis cannot
-// be reached in time a recorded entry stays, and the visibility timeout
-// restores it.
+// its list, unmarked (nobody saw it), atomically with the removal of its
+// unacked entry. If Redis cannot be reached in time the entry stays, and
+// the visibility timeout restores it.
 func (c *consumer) giveBack(f *inflight) {
 	f.mu.Lock()
 	f.state = stateRestored
@@ -401,35 +400,16 @@ func (c *consumer) giveBack(f *inflight) {
 	defer cancel()
 	args := append([]any{f.tag, f.envelope, "RPUSH"}, scoreArgs(scores)...)
 	for attempt := 0; ; attempt++ {
-		n, err := requeueScript.Run(ctx, c.b.client, []string{c.b.keys.unacked(), c.b.keys.unackedIdx(), f.list}, args...).Int64()
+		// Every message is recorded as it is taken: one no longer ours
+		// (or given back by an attempt whose reply was lost) is left be.
+		err := requeueScript.Run(ctx, c.b.client, []string{c.b.keys.unacked(), c.b.keys.unackedIdx(), f.list}, args...).Err()
 		c.b.health.observe(err)
 		switch {
-		case err == nil && n == 0:
-			c.pushBack(f.list, f.envelope) // it was never recorded
-			return
 		case err == nil:
 			return
 		case !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), ctx.Done()):
-			c.b.logger.Error("redis: could not give back a message at stop; the visibility timeout restores it only if it was recorded",
+			c.b.logger.Error("redis: could not give back a message at stop; the visibility timeout restores it",
 				"queue", f.d.Queue, "tag", f.tag, "error", err, "message", truncate(f.envelope, 4096))
-			return
-		}
-	}
-}
-
-// pushBack returns a popped message that is not in unacked to the front
-// of its list, trying for a while if Redis is unreachable.
-func (c *consumer) pushBack(list string, payload []byte) {
-	ctx, cancel := opContext()
-	defer cancel()
-	for attempt := 0; ; attempt++ {
-		err := c.b.health.observe(c.b.client.RPush(ctx, list, payload).Err())
-		if err == nil {
-			return
-		}
-		if !isConnError(err) || !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), ctx.Done()) {
-			c.b.logger.Error("redis: lost a received message: could not give it back",
-				"list", list, "error", err, "message", truncate(payload, 4096))
 			return
 		}
 	}

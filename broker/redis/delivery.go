@@ -284,7 +284,11 @@ func (f *inflight) retire() {
 }
 
 // apply runs op for f with the given candidate scores; ours is false when
-// the delivery was no longer this process's.
+// the delivery was proven no longer this process's (its tag has another
+// score). A tag gone from the index counts as settled: most likely by an
+// earlier attempt whose reply was lost and that go-redis sent again;
+// calling that stale would have the worker drop an early-acked task,
+// lost, where the worst the other reading costs is a task run twice.
 func (b *Broker) apply(ctx context.Context, f *inflight, op settleOp, scores []float64) (ours bool, err error) {
 	var n int64
 	switch op {
@@ -295,7 +299,7 @@ func (b *Broker) apply(ctx context.Context, f *inflight, op settleOp, scores []f
 		n, err = settleScript.Run(ctx, b.client, []string{b.keys.unacked(), b.keys.unackedIdx()}, args...).Int64()
 		b.health.observe(err)
 	}
-	return n == 1, err
+	return n != 0, err
 }
 
 // requeue pushes f back on its list (push is LPUSH or RPUSH), marked

@@ -416,3 +416,51 @@ func TestWaitWithoutBLMOVE(t *testing.T) {
 		t.Errorf("%d messages left in the queue", n)
 	}
 }
+
+// TestAckReplyLost drops the reply of an ack (and of a reject with
+// requeue): go-redis sends the script again, which finds the entry gone.
+// That is the earlier attempt having landed, not a restore by someone
+// else: Ack must not report broker.ErrStaleDelivery (the worker would then
+// drop an early-acked task, and it would be lost), and the requeued
+// message is on its queue once.
+func TestAckReplyLost(t *testing.T) {
+	needRedis(t)
+	pfx := unique("ackdrop") + ":"
+	a := newAdmin(t, faultDB)
+	a.cleanupPrefix(pfx)
+	p := newDropProxy(t, 2, []byte(settleScript.Hash()), []byte(requeueScript.Hash()))
+	client := redis.NewClient(&redis.Options{Addr: p.addr(), DB: faultDB,
+		MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
+	defer client.Close()
+	b := New(client, faultDB, Options{Logger: quietLogger(t), KeyPrefix: pfx, RestoreInterval: -1})
+	defer b.Close()
+	ds := consume(t, b, 1, broker.Queue{Name: "q"})
+	publish(t, b, text("q", "acked"))
+	d := recv(t, ds)
+	if err := d.Ack(); err != nil {
+		t.Errorf("Ack whose reply was lost: %v, want nil", err)
+	}
+	if d.Stale() {
+		t.Error("acked delivery reported stale")
+	}
+	publish(t, b, text("q", "requeued"))
+	d = recv(t, ds)
+	p.matched.Store(0) // drop the next one
+	if err := d.Reject(true); err != nil {
+		t.Errorf("Reject(requeue) whose reply was lost: %v, want nil", err)
+	}
+	d = recv(t, ds)
+	if string(d.Body) != "requeued" || !d.Redelivered {
+		t.Errorf("after the requeue got %q (redelivered %v)", d.Body, d.Redelivered)
+	}
+	if err := d.Ack(); err != nil {
+		t.Error(err)
+	}
+	noRecv(t, ds, 300*time.Millisecond)
+	if p.seen.Load() != 2 {
+		t.Errorf("%d replies dropped, want 2", p.seen.Load())
+	}
+	if n := a.HLen(context.Background(), pfx+"unacked").Val(); n != 0 {
+		t.Errorf("%d entries left in unacked", n)
+	}
+}

@@ -23,10 +23,13 @@ import "github.com/redis/go-redis/v9"
 // only if the tag's score is one of the candidates.
 //
 // KEYS: unacked, unacked_index. ARGV: tag, candidate scores...
-// Returns 1 if settled, 0 if the delivery is no longer this process's.
+// Returns 1 if settled, 0 if the tag has another score (restored, and
+// received again by someone), 2 if it is gone: settled by an earlier
+// attempt whose reply was lost (go-redis retries), or restored and not
+// received again yet. Only 0 proves the delivery someone else's.
 var settleScript = redis.NewScript(`
 local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not s then return 0 end
+if not s then return 2 end
 s = tonumber(s)
 for i = 2, #ARGV do
   if s == tonumber(ARGV[i]) then
@@ -44,10 +47,10 @@ return 0
 // restore_by_tag with leftmost true and false.
 //
 // KEYS: unacked, unacked_index, list. ARGV: tag, envelope, "LPUSH" or
-// "RPUSH", candidate scores... Returns 1 or 0 as settleScript.
+// "RPUSH", candidate scores... Returns 1, 0 or 2 as settleScript.
 var requeueScript = redis.NewScript(`
 local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not s then return 0 end
+if not s then return 2 end
 s = tonumber(s)
 for i = 4, #ARGV do
   if s == tonumber(ARGV[i]) then
