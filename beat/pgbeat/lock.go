@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -57,7 +58,7 @@ func (s *Scheduler) acquire(ctx context.Context) (*lease, error) {
 	for {
 		var err error
 		if conn == nil {
-			conn, err = pgx.ConnectConfig(ctx, s.store.pool.Config().ConnConfig.Copy())
+			conn, err = pgx.ConnectConfig(ctx, s.lockConnConfig())
 		}
 		if err == nil {
 			start := time.Now()
@@ -92,6 +93,23 @@ WHERE name = $1 RETURNING fence`, string(s.store.schema), holder).Scan(&fence)
 		case <-t.C:
 		}
 	}
+}
+
+// lockConnConfig is the pool's connection config with server-side TCP
+// keepalives of about the lock TTL: the server ends the session of a leader
+// it cannot reach (a partition, a frozen host) within a few TTLs, freeing
+// the lock, instead of after the kernel's two hours.
+func (s *Scheduler) lockConnConfig() *pgx.ConnConfig {
+	cc := s.store.pool.Config().ConnConfig.Copy()
+	secs := strconv.Itoa(max(1, int(s.ttl.Seconds())))
+	for k, v := range map[string]string{"tcp_keepalives_idle": secs, "tcp_keepalives_interval": "1",
+		"tcp_keepalives_count": "3", "tcp_user_timeout": strconv.FormatInt(max(1000, s.ttl.Milliseconds()), 10),
+		"application_name": "gocelery beat leader lock"} {
+		if _, ok := cc.RuntimeParams[k]; !ok {
+			cc.RuntimeParams[k] = v
+		}
+	}
+	return cc
 }
 
 func hostname() string {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/gocelery/gocelery/beat"
 	"github.com/gocelery/gocelery/results"
 )
@@ -162,6 +164,14 @@ func TestClaimChecksTheFencingToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ls.release()
+	// The lock's session has keepalives, so the server frees the lock of a
+	// leader it cannot reach.
+	var keepalives string
+	if err := ls.withConn(func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SHOW tcp_keepalives_count").Scan(&keepalives)
+	}); err != nil || keepalives != "3" {
+		t.Errorf("lock session tcp_keepalives_count = %q (%v), want 3", keepalives, err)
+	}
 	ld := &leader{Scheduler: s, ls: ls, byName: map[string]*item{}}
 	if err := ld.reload(ctx); err != nil {
 		t.Fatal(err)

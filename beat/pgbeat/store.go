@@ -237,6 +237,9 @@ func scanDjango(row pgx.Row, now time.Time) (*entry, error) {
 			return e, fmt.Errorf("%w: %q: headers: %w", beat.ErrBadEntry, e.Name, err)
 		}
 	}
+	if hdrs == nil { // 'null'
+		hdrs = map[string]any{}
+	}
 	hdrs["periodic_task_name"] = e.Name
 	opts["headers"] = hdrs
 	e.Options = opts
