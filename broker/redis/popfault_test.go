@@ -230,9 +230,9 @@ func TestPopReplyLost(t *testing.T) {
 
 // TestPopKilled kills a consumer with SIGKILL right after a pop's reply
 // arrived, before it did anything with the message: the message must be
-// in unacked, so that the visibility timeout brings it back, both for a
-// message waiting when the consumer starts and for the first message
-// after idle (kombu's BRPOP loses that one).
+// in unacked, so that the visibility timeout brings it back (here kombu's
+// restore), both for a message waiting when the consumer starts and for
+// the first message after idle (kombu's BRPOP loses that one).
 func TestPopKilled(t *testing.T) {
 	needRedis(t)
 	pfx := unique("popkill") + ":"
@@ -254,19 +254,29 @@ func TestPopKilled(t *testing.T) {
 			t.Errorf("%s: %d entries in unacked after the kill, want %d", body, n, i+1)
 		}
 	}
-	b := dial(t, faultDB, Options{KeyPrefix: pfx, VisibilityTimeout: time.Second, RestoreInterval: 200 * time.Millisecond})
+	// kombu's restore_visible brings both back (a Python worker sharing
+	// the queue would), and a Go consumer receives them.
+	time.Sleep(1100 * time.Millisecond)
+	t.Setenv("VT", "1")
+	runPython(t, kombuRestore, pyArgs(faultDB, "q", pfx)...)
+	b := dial(t, faultDB, Options{KeyPrefix: pfx, RestoreInterval: -1})
 	ds := consume(t, b, 0, broker.Queue{Name: "q"})
 	got := map[string]bool{}
 	deadline := time.After(10 * time.Second)
 	for len(got) < 2 {
 		select {
 		case d := <-ds:
-			got[string(d.Body)] = true
+			got[string(d.Body)] = d.Redelivered
 			if err := d.Ack(); err != nil {
 				t.Error(err)
 			}
 		case <-deadline:
 			t.Fatalf("restored after the kills: %v, want both (lost %d)", got, 2-len(got))
+		}
+	}
+	for body, redelivered := range got {
+		if !redelivered {
+			t.Errorf("%s not marked redelivered", body)
 		}
 	}
 }
