@@ -35,16 +35,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/gocelery/gocelery/broker"
-	"github.com/gocelery/gocelery/broker/amqp"
-	"github.com/gocelery/gocelery/broker/redis"
+	"github.com/gocelery/gocelery/broker/dial"
 	"github.com/gocelery/gocelery/config"
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/control"
@@ -100,23 +97,9 @@ type Options struct {
 	ConfigWarnings []string
 }
 
-// TransportOptionsFlag is a repeatable KEY=VALUE flag filling m, as
-// Celery's broker_transport_options: VALUE is JSON when it parses as
-// JSON (2.5, true, {"password": "x"}), else a plain string.
-func TransportOptionsFlag(m map[string]any) flag.Value { return optionsFlag(m) }
-
-type optionsFlag map[string]any
-
-func (f optionsFlag) String() string {
-	keys := make([]string, 0, len(f))
-	for k := range f {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return strings.Join(keys, ",")
-}
-
-func (f optionsFlag) Set(kv string) error { return redisurl.ParseOption(f, kv) }
+// TransportOptionsFlag is dial.OptionsFlag: a repeatable KEY=VALUE flag
+// for broker_transport_options.
+func TransportOptionsFlag(m map[string]any) flag.Value { return dial.OptionsFlag(m) }
 
 // ParseFlags reads Celery-like flags; environment variables
 // CELERY_BROKER_URL and CELERY_RESULT_BACKEND give the defaults, as for
@@ -412,13 +395,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 
 // Broker is what the worker program needs from a transport: consuming
 // and publishing tasks, events and remote control, and health.
-type Broker interface {
-	consumer.Broker
-	DeclareExchange(ctx context.Context, ex broker.Exchange) error
-	Connected() bool
-	Reconnects() int64
-	Close() error
-}
+type Broker = dial.Transport
 
 // brokerInfo describes the broker URL for the stats command.
 func brokerInfo(rawURL string) control.BrokerInfo {
@@ -450,47 +427,11 @@ func openBroker(ctx context.Context, o *Options, globalQoS bool, log *slog.Logge
 	return b, func() { b.Close() }, nil
 }
 
-// DialOptions tune the transport DialBroker opens; zero values are the
-// transports' defaults.
-type DialOptions struct {
-	Logger *slog.Logger
-	// GlobalQoS applies the prefetch to the whole AMQP channel, as a
-	// worker wants on classic queues; StaticPrefetch keeps the first
-	// prefetch (Celery's worker on quorum queues: per-consumer QoS,
-	// without GlobalQoS, and no raise for ETA tasks).
-	GlobalQoS      bool
-	StaticPrefetch bool
-	// VisibilityTimeout and RestoreInterval are kombu's Redis settings.
-	VisibilityTimeout, RestoreInterval time.Duration
-	// TransportOptions are broker_transport_options (master_name and
-	// sentinel_kwargs for sentinel:// URLs).
-	TransportOptions map[string]any
-	// FailoverStrategy is broker_failover_strategy for an AMQP URL list:
-	// "round-robin" (or "") or "shuffle".
-	FailoverStrategy string
-}
+// DialOptions are dial.Options: the transport settings a URL does not carry.
+type DialOptions = dial.Options
 
-// DialBroker connects to the broker a Celery broker URL names: amqp://,
-// amqps://, pyamqp://, redis://, rediss://, or Celery's Sentinel list
-// sentinel://host:26379;sentinel://host2:26379 (o.TransportOptions must
-// name master_name). A ";"-separated list of AMQP URLs is a failover
-// list, tried in o.FailoverStrategy's order.
+// DialBroker opens the transport for a Celery broker URL; it is
+// dial.Broker, kept for callers of this package.
 func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) {
-	scheme, _, _ := strings.Cut(url, "://")
-	var b Broker
-	var err error
-	switch scheme {
-	case "amqp", "amqps", "pyamqp":
-		b, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch,
-			FailoverStrategy: o.FailoverStrategy})
-	case "redis", "rediss", "sentinel":
-		b, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
-			TransportOptions: o.TransportOptions})
-	default:
-		return nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://, sentinel://)", scheme)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	return b, nil
+	return dial.Broker(ctx, url, o)
 }

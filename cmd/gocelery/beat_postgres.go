@@ -18,9 +18,9 @@ import (
 
 	"github.com/gocelery/gocelery/beat"
 	"github.com/gocelery/gocelery/beat/pgbeat"
+	"github.com/gocelery/gocelery/broker/dial"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/results"
-	"github.com/gocelery/gocelery/worker"
 )
 
 const beatPostgresUsage = `usage (schedule in PostgreSQL):
@@ -178,7 +178,7 @@ func beatPGRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Info("beat: schedule file written", "file", *file, "entries", len(entries))
 	}
-	b, err := worker.DialBroker(ctx, *brokerURL, worker.DialOptions{Logger: log})
+	b, err := dial.Broker(ctx, *brokerURL, dial.Options{Logger: log})
 	if err != nil {
 		return err
 	}
