@@ -4,7 +4,8 @@ tasks that a real Python Celery worker runs (broker: Redis DB 8).
 - django: a real Django project (djangoproj/, django-celery-beat 2.9.0
   from PyPI, its migrations run against a test database) whose
   PeriodicTasks are made through the ORM: an IntervalSchedule of 1 s, a
-  CrontabSchedule (every minute, Europe/Berlin), a one_off ClockedSchedule,
+  CrontabSchedule (every minute of this hour and the next on Berlin's
+  clock, in its timezone Europe/Berlin), a one_off ClockedSchedule,
   one whose interval task is disabled through the ORM mid-run, one with
   expire_seconds, queue and headers, and a solar one (refused).
 - periodic_task: the same, driven by plain SQL from Python (as a Flask
@@ -135,7 +136,12 @@ def scenario(gocelery_bin, pgdb, django_models, tmp_path_factory):  # noqa: F811
         worker.wait_ready()
         # --- django: through the ORM -----------------------------------
         every1 = m.IntervalSchedule.objects.create(every=1, period=m.IntervalSchedule.SECONDS)
-        cron = m.CrontabSchedule.objects.create(minute="*", hour="*", day_of_week="*", day_of_month="*",
+        # Every minute of this hour and the next on Berlin's clock: read in
+        # UTC (an hour or two behind) it would never match.
+        from zoneinfo import ZoneInfo
+        h = datetime.now(ZoneInfo("Europe/Berlin")).hour
+        berlin_hours = f"{h},{(h + 1) % 24}"
+        cron = m.CrontabSchedule.objects.create(minute="*", hour=berlin_hours, day_of_week="*", day_of_month="*",
                                                 month_of_year="*", timezone="Europe/Berlin")
         t0 = datetime.now(timezone.utc)
         sc.oneoff_at = t0 + timedelta(seconds=4)
@@ -156,7 +162,7 @@ def scenario(gocelery_bin, pgdb, django_models, tmp_path_factory):  # noqa: F811
         with psycopg.connect(url, autocommit=True) as c:
             for name, task, args, kwargs, trigger in [
                     ("tick", "pyinterop.counter", [], {"key": key("periodic_task", "tick")}, "every 1s"),
-                    ("cron", "pyinterop.counter", [], {"key": key("periodic_task", "cron")}, "* * * * *"),
+                    ("cron", "pyinterop.counter", [], {"key": key("periodic_task", "cron")}, f"* {berlin_hours} * * *"),
                     ("stopme", "pyinterop.counter", [], {"key": key("periodic_task", "stopme")}, "every 1s"),
                     ("once", "pyinterop.counter", [], {"key": key("periodic_task", "once")},
                      "at " + sc.oneoff_at.replace(microsecond=0).isoformat().replace("+00:00", "Z")),
