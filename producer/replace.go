@@ -65,7 +65,26 @@ func (w *Workflow) Replace(ctx context.Context, m *protocol.Message, sig protoco
 			}
 			tasks[len(tasks)-1] = Chord(members, accumulate())
 		}
+		// The chain's own callbacks move to its last task and its errbacks
+		// to every task, as Celery does before linking anything after it.
+		cbs, err := sigsOpt(sig.Options["link"])
+		if err != nil {
+			return fmt.Errorf("link: %w", err)
+		}
+		ebs, err := sigsOpt(sig.Options["link_error"])
+		if err != nil {
+			return fmt.Errorf("link_error: %w", err)
+		}
+		delete(sig.Options, "link")
+		delete(sig.Options, "link_error")
 		for i := range tasks {
+			var c []protocol.Signature
+			if i == len(tasks)-1 {
+				c = cbs
+			}
+			if err := link(&tasks[i], c, ebs); err != nil {
+				return err
+			}
 			setOpt(&tasks[i], "replaced_task_nesting", int64(nesting))
 		}
 		sig.Kwargs = map[string]any{"tasks": sigList(tasks)}

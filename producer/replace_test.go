@@ -24,6 +24,13 @@ func replaced() *protocol.Message {
 	}
 }
 
+// linked gives a chain a callback and an errback of its own.
+func linked(c protocol.Signature) protocol.Signature {
+	c.Options["link"] = []any{Sig("proj.own_cb").Map()}
+	c.Options["link_error"] = []any{Sig("proj.own_eb").Map()}
+	return c
+}
+
 func TestReplace(t *testing.T) {
 	noChain := func() *protocol.Message { m := replaced(); m.Chain = nil; return m }
 	tests := []struct {
@@ -50,9 +57,9 @@ func TestReplace(t *testing.T) {
 				t.Errorf("replaced_task_nesting %d, want 2", m.ReplacedTaskNesting)
 			}
 		}},
-		{"chain: last step takes the id and callbacks, the task's chain follows", replaced(), Chain(Sig("proj.add", 1, 2), Sig("proj.identity")), func(t *testing.T, sent []*protocol.Message) {
+		{"chain: last step takes the id and callbacks, the task's chain follows", replaced(), linked(Chain(Sig("proj.add", 1, 2), Sig("proj.identity"))), func(t *testing.T, sent []*protocol.Message) {
 			m := sent[0]
-			if m.Task != "proj.add" || m.ReplacedTaskNesting != 2 || len(m.Errbacks) != 1 {
+			if m.Task != "proj.add" || m.ReplacedTaskNesting != 2 || len(m.Errbacks) != 2 {
 				t.Fatalf("first step %s nesting %d errbacks %v", m.Task, m.ReplacedTaskNesting, m.Errbacks)
 			}
 			// m.Chain is reversed: [next, identity].
@@ -60,7 +67,7 @@ func TestReplace(t *testing.T) {
 				t.Fatalf("chain %+v", m.Chain)
 			}
 			links, _ := sigsOpt(m.Chain[1].Options["link"])
-			if len(links) != 1 || links[0].Task != "proj.cb" {
+			if len(links) != 2 || links[0].Task != "proj.own_cb" || links[1].Task != "proj.cb" {
 				t.Errorf("callbacks go to the replacement's last task, got %v", m.Chain[1].Options["link"])
 			}
 			if n, _ := number(m.Chain[0].Options["replaced_task_nesting"]); n != 2 {
