@@ -283,6 +283,17 @@ func (t *Topology) Queue(name string) (broker.Queue, error) {
 	return t.missing(name), nil
 }
 
+// Listed returns the declaration of a queue named in task_queues (or the
+// default queue), as Celery's add_consumer takes it from app.amqp.queues.
+func (t *Topology) Listed(name string) (broker.Queue, bool) {
+	for _, q := range t.listed() {
+		if q.Name == name {
+			return t.declaration(q), true
+		}
+	}
+	return broker.Queue{}, false
+}
+
 // missing is Celery's Queues.new_missing.
 func (t *Topology) missing(name string) broker.Queue {
 	kind := t.CreateMissingQueueExchangeType

@@ -258,3 +258,49 @@ func TestNodeRunsOnce(t *testing.T) {
 		t.Fatalf("Run after Run = %v", err)
 	}
 }
+
+// queueWorker records the queue add_consumer asks for.
+type queueWorker struct {
+	*fakeWorker
+	added chan broker.Queue
+}
+
+func (q *queueWorker) AddQueue(qu broker.Queue) error { q.added <- qu; return nil }
+
+// add_consumer of a queue the app declares in task_queues consumes it as
+// declared (a quorum queue with its arguments), as Celery's
+// add_task_queue takes it from app.amqp.queues; an unknown name is built
+// from the command's arguments.
+func TestAddConsumerUsesTheAppsDeclaration(t *testing.T) {
+	quorum := broker.Queue{Name: "orders", Exchange: "orders", ExchangeType: "topic", RoutingKey: "orders.#",
+		Arguments: map[string]any{"x-queue-type": "quorum"}}
+	l := &loopback{queues: map[string]*boundQueue{}}
+	w := &queueWorker{fakeWorker: &fakeWorker{name: "q@host", rate: map[string]string{}}, added: make(chan broker.Queue, 2)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	node := NewNode(l, w, NodeConfig{QueueNamed: func(name string) (broker.Queue, bool) { return quorum, name == "orders" }})
+	go func() { _ = node.Run(ctx) }()
+	c := NewClient(l, ClientConfig{})
+	defer c.Close()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+		if r, _ := c.Ping(ctx, Options{Timeout: 100 * time.Millisecond}); len(r) == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, tc := range []struct {
+		args map[string]any
+		want broker.Queue
+	}{
+		{map[string]any{"queue": "orders"}, quorum},
+		{map[string]any{"queue": "other", "exchange": "ex", "routing_key": "rk"}, broker.Queue{Name: "other", Exchange: "ex", RoutingKey: "rk"}},
+	} {
+		if _, err := c.Inspect(ctx, "add_consumer", tc.args, Options{Destination: []string{"q@host"}}); err != nil {
+			t.Fatal(err)
+		}
+		got := <-w.added
+		if got.Name != tc.want.Name || got.Exchange != tc.want.Exchange || got.RoutingKey != tc.want.RoutingKey ||
+			got.Arguments["x-queue-type"] != tc.want.Arguments["x-queue-type"] {
+			t.Errorf("add_consumer %v consumed %+v, want %+v", tc.args, got, tc.want)
+		}
+	}
+}

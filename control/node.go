@@ -62,6 +62,11 @@ type EventSwitch interface {
 
 // NodeConfig configures a Node.
 type NodeConfig struct {
+	// QueueNamed returns the app's own declaration of a queue (its
+	// task_queues entry), which add_consumer uses instead of the command's
+	// arguments, as Celery does: a quorum or priority queue must be
+	// declared with its arguments. Nil uses the arguments.
+	QueueNamed func(name string) (broker.Queue, bool)
 	// Exchange is the mailbox exchange; "" means "celery.pidbox".
 	Exchange string
 	// Clock is the worker's Lamport clock (shared with events); nil means
@@ -283,6 +288,13 @@ func (n *Node) dispatch(ctx context.Context, req *Request) (reply any, send bool
 		q, err := queueArg(a)
 		if err != nil {
 			return nok(err.Error()), true
+		}
+		if n.cfg.QueueNamed != nil {
+			// Celery's add_task_queue: a queue the app declares (task_queues)
+			// is consumed as declared, whatever the command says.
+			if known, ok := n.cfg.QueueNamed(q.Name); ok {
+				q = known
+			}
 		}
 		if err := w.AddQueue(q); err != nil && !errors.Is(err, consumer.ErrAlreadyConsume) {
 			return nok(err.Error()), true

@@ -339,6 +339,9 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 		start("events", dispatcher.Run)
 	}
 	nodeCfg := control.NodeConfig{Clock: clock, Broker: brokerInfo(o.BrokerURL), Logger: log}
+	if o.Topology != nil {
+		nodeCfg.QueueNamed = o.Topology.Listed
+	}
 	if dispatcher != nil {
 		nodeCfg.Events = dispatcher
 	}
