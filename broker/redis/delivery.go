@@ -245,7 +245,8 @@ func (b *Broker) Stale(d *broker.Delivery) bool {
 	case state != stateLive || since < b.opts.VisibilityTimeout/2:
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(opTimeout, max(b.opts.VisibilityTimeout/4, time.Second)))
+	// Bounded: the worker waits on it before running a task.
+	ctx, cancel := context.WithTimeout(context.Background(), min(2*time.Second, max(b.opts.VisibilityTimeout/4, 200*time.Millisecond)))
 	defer cancel()
 	err := b.keeper.refreshBatch(ctx, []*inflight{f})
 	f.mu.Lock()

@@ -125,3 +125,56 @@ func TestStaleRestored(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "unacked to empty", func() bool { return a.HLen(ctx, pfx+"unacked").Val() == 0 })
 }
+
+// TestStaleUnconfirmed cuts a consumer off Redis for longer than the
+// visibility timeout while it holds a delivery: asked before running it,
+// Stale cannot confirm it and gives it up (another consumer may have
+// restored it); back online, the restore brings the message back and it
+// is received once, so nothing is lost.
+func TestStaleUnconfirmed(t *testing.T) {
+	needRedis(t)
+	pfx := unique("unconfirmed") + ":"
+	a := newAdmin(t, faultDB)
+	a.cleanupPrefix(pfx)
+	p := newProxy(t)
+	const vt = time.Second
+	ctx := context.Background()
+	cut, err := Dial(ctx, "redis://"+p.addr()+"/14?dial_timeout=200ms", Options{Logger: quietLogger(t), KeyPrefix: pfx,
+		VisibilityTimeout: vt, RestoreInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	ds := consume(t, cut, 1, broker.Queue{Name: "q"})
+	publish(t, cut, text("q", "held"))
+	d := recv(t, ds)
+	p.cut()
+	time.Sleep(vt + vt/5)
+	if !d.Stale() {
+		t.Fatal("not stale after the visibility timeout without a confirmation")
+	}
+	if err := d.Ack(); !errors.Is(err, broker.ErrStaleDelivery) {
+		t.Errorf("Ack of the given-up delivery: %v, want ErrStaleDelivery", err)
+	}
+	p.heal()
+	other := dial(t, faultDB, Options{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond})
+	ods := consume(t, other, 0, broker.Queue{Name: "q"})
+	// Either consumer may receive the restored message (the first has its
+	// credit back): once in all.
+	var od *broker.Delivery
+	select {
+	case od = <-ds:
+	case od = <-ods:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the given-up message was not restored: lost")
+	}
+	if string(od.Body) != "held" || !od.Redelivered {
+		t.Fatalf("restored %q (redelivered %v)", od.Body, od.Redelivered)
+	}
+	if err := od.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	noRecv(t, ds, 300*time.Millisecond)
+	noRecv(t, ods, 10*time.Millisecond)
+	waitFor(t, 5*time.Second, "unacked to empty", func() bool { return a.HLen(ctx, pfx+"unacked").Val() == 0 })
+}
