@@ -29,9 +29,27 @@ func AppendJSON(b []byte, v any) ([]byte, error) {
 	return appendJSON(b, v, 0)
 }
 
+// JSONAppender is a value that writes its own kombu JSON: results.Dict
+// keeps its key order, *results.Exception is Celery's exception dict.
+// depth is the nesting so far; the values it holds go back through
+// AppendJSONDepth with depth+1, so one depth limit holds at every level.
+type JSONAppender interface {
+	AppendKombuJSON(b []byte, depth int) ([]byte, error)
+}
+
+// AppendJSONDepth is AppendJSON for a value nested depth levels deep, for
+// JSONAppender implementations.
+func AppendJSONDepth(b []byte, v any, depth int) ([]byte, error) {
+	return appendJSON(b, v, depth)
+}
+
+// maxEncodeDepth bounds nesting when encoding, so a self-referencing
+// value fails instead of recursing forever.
+const maxEncodeDepth = DefaultMaxDepth * 4
+
 func appendJSON(b []byte, v any, depth int) ([]byte, error) {
-	if depth > DefaultMaxDepth*4 {
-		return nil, fmt.Errorf("%w: encoding more than %d levels", ErrTooDeep, DefaultMaxDepth*4)
+	if depth > maxEncodeDepth {
+		return nil, fmt.Errorf("%w: encoding more than %d levels", ErrTooDeep, maxEncodeDepth)
 	}
 	switch x := v.(type) {
 	case nil:
@@ -144,6 +162,8 @@ func appendJSON(b []byte, v any, depth int) ([]byte, error) {
 			}
 		}
 		return append(b, ']'), nil
+	case JSONAppender:
+		return x.AppendKombuJSON(b, depth)
 	}
 	// Anything else (structs, typed slices and maps): let encoding/json
 	// apply its rules, then re-encode the result in Python's format.
@@ -151,7 +171,7 @@ func appendJSON(b []byte, v any, depth int) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: cannot encode %T as JSON: %w", v, err)
 	}
-	generic, err := UnmarshalJSON(raw, DefaultMaxDepth*4)
+	generic, err := UnmarshalJSON(raw, maxEncodeDepth)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: cannot encode %T as JSON: %w", v, err)
 	}

@@ -124,6 +124,15 @@ func Reject(reason any, requeue bool) *Exception {
 	return &Exception{Type: "Reject", Message: []any{reason, requeue}, Module: "celery.exceptions"}
 }
 
+// AppendKombuJSON writes e as Celery's exception dict, in its key order
+// (protocol.JSONAppender).
+func (e *Exception) AppendKombuJSON(b []byte, depth int) ([]byte, error) {
+	if e == nil {
+		return append(b, "null"...), nil
+	}
+	return appendException(b, e, depth)
+}
+
 // appendException writes e in Celery's key order.
 func appendException(b []byte, e *Exception, depth int) ([]byte, error) {
 	b = append(b, `{"exc_type": `...)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math"
-	"sort"
 	"time"
 
 	"github.com/gocelery/gocelery/protocol"
@@ -122,10 +121,6 @@ func GroupTuple(groupID string, childIDs []string) []any {
 	}
 	return []any{[]any{groupID, nil}, children}
 }
-
-// maxEncodeDepth bounds nesting when encoding, so a self-referencing
-// []any fails instead of overflowing the stack.
-const maxEncodeDepth = 4 * protocol.DefaultMaxDepth
 
 // Encode returns the JSON Store writes for m: kombu JSON in Python's
 // format, keys in the order Celery's _get_result_meta builds them. It does
@@ -263,75 +258,34 @@ func appendResult(b []byte, status string, result any) ([]byte, error) {
 
 // MarshalValue encodes v as kombu JSON the way this package writes results:
 // [Dict] keeps its key order and [*Exception] becomes Celery's exception
-// dict, at any depth; everything else is protocol.AppendJSON. Chord joins
-// store results in this form.
+// dict, at any depth (both are protocol.JSONAppenders); everything else is
+// protocol.AppendJSON. Chord joins store results in this form.
 func MarshalValue(v any) ([]byte, error) {
-	return appendValue(nil, v, 0)
+	return protocol.AppendJSON(nil, v)
 }
 
 func appendValue(b []byte, v any, depth int) ([]byte, error) {
-	if depth > maxEncodeDepth {
-		return nil, fmt.Errorf("%w: more than %d levels", protocol.ErrTooDeep, maxEncodeDepth)
+	return protocol.AppendJSONDepth(b, v, depth)
+}
+
+// AppendKombuJSON writes d in its own key order (protocol.JSONAppender).
+func (d Dict) AppendKombuJSON(b []byte, depth int) ([]byte, error) {
+	if d == nil {
+		return append(b, "null"...), nil
 	}
+	b = append(b, '{')
 	var err error
-	switch x := v.(type) {
-	case Dict:
-		b = append(b, '{')
-		for i, it := range x {
-			if i > 0 {
-				b = append(b, ", "...)
-			}
-			b = appendString(b, it.Key)
-			b = append(b, ": "...)
-			if b, err = appendValue(b, it.Value, depth+1); err != nil {
-				return nil, err
-			}
+	for i, it := range d {
+		if i > 0 {
+			b = append(b, ", "...)
 		}
-		return append(b, '}'), nil
-	case *Exception:
-		if x == nil {
-			return append(b, "null"...), nil
+		b = appendString(b, it.Key)
+		b = append(b, ": "...)
+		if b, err = protocol.AppendJSONDepth(b, it.Value, depth+1); err != nil {
+			return nil, err
 		}
-		return appendException(b, x, depth)
-	case Exception:
-		return appendException(b, &x, depth)
-	case []any:
-		if x == nil {
-			return append(b, "null"...), nil
-		}
-		b = append(b, '[')
-		for i, e := range x {
-			if i > 0 {
-				b = append(b, ", "...)
-			}
-			if b, err = appendValue(b, e, depth+1); err != nil {
-				return nil, err
-			}
-		}
-		return append(b, ']'), nil
-	case map[string]any:
-		if x == nil {
-			return append(b, "null"...), nil
-		}
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		b = append(b, '{')
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ", "...)
-			}
-			b = appendString(b, k)
-			b = append(b, ": "...)
-			if b, err = appendValue(b, x[k], depth+1); err != nil {
-				return nil, err
-			}
-		}
-		return append(b, '}'), nil
 	}
-	return protocol.AppendJSON(b, v)
+	return append(b, '}'), nil
 }
 
 func appendString(b []byte, s string) []byte {
