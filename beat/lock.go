@@ -40,7 +40,7 @@ func NewLock(rdb redis.UniversalClient, key, fenceKey string, ttl time.Duration,
 		ttl = DefaultLockTTL
 	}
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	return &Lock{rdb: rdb, key: key, fenceKey: fenceKey, ttl: ttl, log: log}
 }

@@ -65,7 +65,7 @@ type Config struct {
 	// recorded on the entry every ResultPoll (1 s).
 	Results    ResultReader
 	ResultPoll time.Duration
-	// Logger receives the scheduler's log (discarded when nil).
+	// Logger receives the scheduler's log; nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock (time.Now); tests move it.
 	Now func() time.Time
@@ -133,7 +133,7 @@ func New(rdb redis.UniversalClient, sender Sender, cfg Config) *Scheduler {
 	}
 	log := cfg.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	st := NewStore(rdb, cfg.KeyPrefix)
 	return &Scheduler{rdb: rdb, store: st, sender: sender, cfg: cfg, log: log,

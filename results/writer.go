@@ -31,6 +31,7 @@ type stateWriter struct {
 }
 
 type pendingState struct {
+	ctx     context.Context
 	key     string
 	data    []byte
 	ttl     int64 // milliseconds, 0 = none
@@ -48,7 +49,10 @@ func newStateWriter(client redis.UniversalClient) *stateWriter {
 // store runs storeScript for key, batched with concurrent calls; done is
 // false when Go must read the stored state itself (see storeScript).
 func (w *stateWriter) store(ctx context.Context, key string, data []byte, expires time.Duration) (done bool, err error) {
-	p := &pendingState{key: key, data: data}
+	if err := ctx.Err(); err != nil {
+		return false, err // as a plain call on a cancelled context fails (a soft time limit ends UpdateState)
+	}
+	p := &pendingState{ctx: ctx, key: key, data: data}
 	if expires > 0 {
 		p.ttl = expires.Milliseconds()
 	}
@@ -84,16 +88,31 @@ func (w *stateWriter) store(ctx context.Context, key string, data []byte, expire
 }
 
 // flush sends batch in one pipeline. The flushing caller's context bounds
-// it, without its cancellation: the other states in the batch belong to
-// callers who did not cancel.
+// a shared pipeline without its cancellation (the other states in it
+// belong to callers who did not cancel); a state alone goes on its own
+// caller's context.
 func (w *stateWriter) flush(ctx context.Context, batch []*pendingState) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if len(batch) == 1 { // nothing to share: the plain call, with its script loading
-		p := batch[0]
-		p.n, p.err = storeScript.Run(ctx, w.client, []string{p.key}, p.data, p.ttl).Int()
+	// A caller whose context ended while it queued gets its error, as a
+	// call of its own would.
+	live := batch[:0:0]
+	for _, p := range batch {
+		if err := p.ctx.Err(); err != nil {
+			p.err = err
+			continue
+		}
+		live = append(live, p)
+	}
+	batch = live
+	if len(batch) == 0 {
 		return
 	}
+	if len(batch) == 1 { // nothing to share: the plain call on its own context, with its script loading
+		p := batch[0]
+		p.n, p.err = storeScript.Run(p.ctx, w.client, []string{p.key}, p.data, p.ttl).Int()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	cmds := make([]*redis.Cmd, len(batch))
 	_, err := w.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, p := range batch {

@@ -2,6 +2,7 @@ package results_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -82,4 +83,15 @@ func BenchmarkStoreParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A Store on a context that has ended fails, batched or not, as a plain
+// call does: a task past its soft time limit learns it from UpdateState.
+func TestStoreOnEndedContextFails(t *testing.T) {
+	be, _ := newBackend(t, results.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := be.Store(ctx, &results.Meta{TaskID: "ended", Status: "PROGRESS"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Store on a cancelled context = %v, want context.Canceled", err)
+	}
 }

@@ -86,7 +86,7 @@ func New(store *Store, sender beat.Sender, cfg Config) *Scheduler {
 	}
 	log := c.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = slog.Default()
 	}
 	return &Scheduler{store: store, sender: sender, cfg: cfg, ttl: ttl, log: log}
 }
