@@ -122,7 +122,15 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // ensureState creates the bookkeeping tables (not the schema's) and checks
 // the schema's tables.
 func ensureState(ctx context.Context, st *Store) error {
-	// Always: a database migrated by an older version may lack a function.
+	// Nothing to create (the role may lack CREATE, as PostgreSQL 15 gives
+	// only the owner on public): the tables and the fence function exist.
+	var fn bool
+	if err := st.pool.QueryRow(ctx, "SELECT to_regprocedure('gocelery_beat_fence(text,bigint)') IS NOT NULL").Scan(&fn); err != nil {
+		return fmt.Errorf("pgbeat: %w", err)
+	}
+	if fn && checkTables(ctx, st.pool, st.schema) == nil {
+		return nil
+	}
 	err := pgx.BeginFunc(ctx, st.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrateLock)); err != nil {
 			return err
