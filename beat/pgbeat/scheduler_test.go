@@ -331,3 +331,35 @@ func TestClaimsOfATickCommitTogether(t *testing.T) {
 		t.Errorf("%d entries back in the heap, want both", len(ld.heap))
 	}
 }
+
+// TestRunNowRunsOnce: a run-now request is seen at once (NOTIFY), sent
+// once, and the schedule goes on from it.
+func TestRunNowRunsOnce(t *testing.T) {
+	for _, schema := range []Schema{SchemaPeriodicTask, SchemaDjango} {
+		t.Run(string(schema), func(t *testing.T) {
+			st := testStore(t, schema)
+			ctx := context.Background()
+			if err := st.Put(ctx, mustEntry(t, "hourly", "every 1h")); err != nil {
+				t.Fatal(err)
+			}
+			var log sendLog
+			cfg := testConfig(&log)
+			cfg.SyncInterval = time.Hour
+			cfg.PollInterval = time.Hour // only NOTIFY can tell the leader
+			runScheduler(t, New(st, &recordingSender{}, cfg))
+			time.Sleep(300 * time.Millisecond)
+			if err := st.RunNow(ctx, "hourly"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 2*time.Second, "the run-now send", func() bool { return len(log.all()) == 1 })
+			time.Sleep(500 * time.Millisecond)
+			if n := len(log.all()); n != 1 {
+				t.Errorf("%d sends, want 1", n)
+			}
+			e, _ := st.Get(ctx, "hourly")
+			if !e.RunNow.IsZero() || e.TotalRunCount != 1 || time.Until(e.NextRun(e.LastRunAt)) < 59*time.Minute {
+				t.Errorf("after run-now: request %v, count %d, next %v", e.RunNow, e.TotalRunCount, e.NextRun(e.LastRunAt))
+			}
+		})
+	}
+}
