@@ -130,7 +130,10 @@ func beatPGRun(ctx context.Context, args []string, stderr io.Writer) error {
 	var pf pgFlags
 	pf.register(fs)
 	brokerURL := fs.String("broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, redis://; env CELERY_BROKER_URL)")
-	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://): each run's state and result are recorded on the entry")
+	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, sentinel://): each run's state and result are recorded on the entry")
+	bopts, ropts := make(map[string]any), make(map[string]any)
+	fs.Var(dial.OptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(dial.OptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
 	file := fs.String("schedule-file", "", "YAML schedule file written into the store on start")
 	ttl := fs.Duration("lock-ttl", beat.DefaultLockTTL, "how long a leader whose session checks fail keeps sending (a dead leader's lock is freed when its session ends)")
 	missed := fs.String("missed", "once", "a run found late (downtime, clock jump): once (send it once) or skip (if later than --grace)")
@@ -185,7 +188,7 @@ func beatPGRun(ctx context.Context, args []string, stderr io.Writer) error {
 	defer b.Close()
 	var backend *results.Redis
 	if *backendURL != "" {
-		if backend, err = results.OpenRedis(*backendURL, results.Options{}); err != nil {
+		if backend, err = results.OpenRedis(*backendURL, results.Options{TransportOptions: ropts}); err != nil {
 			return err
 		}
 		defer backend.Close()
