@@ -129,6 +129,19 @@ func (w *Workflow) Replace(ctx context.Context, m *protocol.Message, sig protoco
 	return nil
 }
 
+// sentBy is what app.send_task fills in for a task sent while m runs: m as
+// the parent and m's root as the root, unless the signature names its own.
+func sentBy(m *protocol.Message) Option {
+	return func(o *Options) {
+		if o.RootID == "" {
+			o.RootID = rootOf(m)
+		}
+		if o.ParentID == "" {
+			o.ParentID = m.ID
+		}
+	}
+}
+
 // link adds callbacks and errbacks to sig as Celery's sig.link and
 // sig.link_error do before a replacement is sent: a chain's callbacks go to
 // its last task and its errbacks to every task.

@@ -216,7 +216,7 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 	if err != nil {
 		return err
 	}
-	_, err = w.p.Apply(ctx, body, []any{j.Values()})
+	_, err = w.p.Apply(ctx, body, []any{j.Values()}, sentBy(m)) // the header task that completed the chord is its parent
 	if err != nil {
 		w.log.Error("Chord callback could not be published", "group", m.Group, "error", err)
 		err = w.chordError(ctx, body, results.ChordError(fmt.Sprintf("Callback error: %s", err)))
