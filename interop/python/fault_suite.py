@@ -150,6 +150,15 @@ class RabbitBroker:
     def drop_connections(self):
         self.ctl("close_all_connections", "fault test")
 
+    def alarms(self):
+        """RabbitMQ's resource alarms (a memory alarm blocks every publisher:
+        a stalled arm is then the broker's state, not the worker's)."""
+        try:
+            out = self.ctl("eval", "rabbit_alarm:get_alarms().", timeout=20).stdout.strip()
+        except Exception as exc:  # noqa: BLE001
+            return f"unknown ({exc})"
+        return "" if out == "[]" else out
+
     def restart(self, on_down=None):
         self.ctl("stop_app")
         try:
@@ -657,7 +666,12 @@ class Scenario:
         confirms), why says which; else 0. lost_extra(arm): bad messages kept
         nowhere. go_alive: the Go worker that ran before the fault must still
         be the one running. check(arm): more failures of the Go arm."""
+        alarms = ""
+        if any(a.error for a in self.arms) and isinstance(self.broker, RabbitBroker):
+            alarms = self.broker.alarms()
         for a in self.arms:
+            if a.error and alarms:
+                a.notes.append(f"RabbitMQ alarms: {alarms}")
             secs = time.monotonic() - a.t0
             sent = len(a.keys) + a.bad_sent
             if a.error:
