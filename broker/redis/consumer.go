@@ -138,8 +138,20 @@ func (c *consumer) rotate(queue string) {
 	}
 }
 
-// popBatch is how many messages one pop takes at most.
-const popBatch = 1
+// popBatch is how many messages one pop takes at most: the free prefetch
+// credit, up to this, so a worker that can take many pays one round trip
+// for them (kombu pops one per BRPOP).
+const popBatch = 32
+
+// popCount is how many messages the next pop may take: the free credit,
+// at least one (waitCredit has seen room for one), at most popBatch.
+func (c *consumer) popCount() int {
+	n := popBatch
+	if p := c.b.prefetch.Load(); p > 0 {
+		n = min(n, int(p-c.unacks.Load()))
+	}
+	return max(n, 1)
+}
 
 func (c *consumer) run() {
 	defer c.endPops()
@@ -147,7 +159,7 @@ func (c *consumer) run() {
 		if !c.waitCredit() {
 			return
 		}
-		msgs, err := c.pop(c.ctx, popBatch)
+		msgs, err := c.pop(c.ctx, c.popCount())
 		c.b.health.observe(err)
 		if err != nil {
 			if !backoff.Sleep(backoff.Delay(attempt, minBackoff, maxBackoff), c.ctx.Done()) {
@@ -258,12 +270,13 @@ func (c *consumer) pop(ctx context.Context, count int) ([]popped, error) {
 	all := make([]string, 0, 3+2*len(keys))
 	all = append(all, c.b.keys.unacked(), c.b.keys.unackedIdx(), c.b.keys.pop(c.ridBase))
 	all = append(all, keys...)
-	args := make([]any, 0, 4+len(keys))
+	args := make([]any, 0, 5+len(keys))
 	args = append(args, strconv.FormatFloat(s, 'f', -1, 64), c.rid, popRecordTTL(c.b.opts.VisibilityTimeout).Milliseconds(), count)
 	for _, k := range keys {
 		all = append(all, c.dead[k])
 		args = append(args, c.lists[k])
 	}
+	args = append(args, len(c.order))
 	res, err := popRecordScript.Run(ctx, c.b.client, all, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		err = nil

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -424,8 +425,9 @@ func TestStopConsuming(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := recv(t, ds)
-	// The consumer now holds message 1, waiting to hand it over.
-	waitFor(t, 5*time.Second, "the next message to be taken", func() bool { return a.llen(pfx+"q") == 1 })
+	// The consumer now holds messages 1 and 2 (one pop takes what the
+	// prefetch allows), waiting to hand them over.
+	waitFor(t, 5*time.Second, "the next messages to be taken", func() bool { return a.llen(pfx+"q") == 0 })
 	start := time.Now()
 	cancel()
 	// Not reading: a receive racing with the cancel could still be handed
@@ -661,4 +663,51 @@ func (c *commandCounter) total() int {
 		n += v
 	}
 	return n
+}
+
+// One pop takes what the free prefetch allows, in one script call, and
+// still takes from several queues in turn: of 12 messages on two queues,
+// prefetch 4, the first pop takes four, alternating, and all come FIFO in
+// each queue, in turn.
+func TestPopTakesTheFreeCredit(t *testing.T) {
+	pfx := unique("batch") + ":"
+	a := newAdmin(t, testDB)
+	a.cleanupPrefix(pfx)
+	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	var pops atomic.Int32
+	b.testHook = func(point string) {
+		if point == "popped" {
+			pops.Add(1)
+		}
+	}
+	for i := range 6 {
+		publish(t, b, text("a", "a"+strconv.Itoa(i)))
+		publish(t, b, text("b", "b"+strconv.Itoa(i)))
+	}
+	ds := consume(t, b, 4, broker.Queue{Name: "a"}, broker.Queue{Name: "b"})
+	var got []string
+	for k := range 3 {
+		batch := make([]*broker.Delivery, 4)
+		for i := range batch {
+			batch[i] = recv(t, ds)
+			got = append(got, string(batch[i].Body))
+		}
+		if k == 0 {
+			if left := a.llen(pfx+"a") + a.llen(pfx+"b"); left != 8 || pops.Load() != 1 {
+				t.Fatalf("after the first pop: %d messages left, %d pops; want 8 left after one pop of 4", left, pops.Load())
+			}
+		}
+		for _, d := range batch {
+			if err := d.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := pops.Load(); n >= 12 {
+		t.Errorf("%d pops for 12 messages with prefetch 4: one per message", n)
+	}
+	want := []string{"a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3", "a4", "b4", "a5", "b5"}
+	if !slices.Equal(got, want) {
+		t.Errorf("took %v, want %v (in turn from both queues, FIFO in each)", got, want)
+	}
 }

@@ -131,7 +131,9 @@ var releaseScript = redis.NewScript(`
     `)
 
 // popRecordScript takes up to count messages, from the first non-empty
-// lists (KEYS[4..3+n], in kombu's BRPOP order), and records each in
+// lists (KEYS[4..3+n], in kombu's BRPOP order: by priority step, and
+// within a step the queues taken from in turn, as kombu's round robin
+// would over that many BRPOPs), and records each in
 // unacked and unacked_index in the same atomic step, with kombu's entry
 // format: nothing it pops is ever unrecorded, whenever the process dies.
 // (kombu pops with BRPOP and records afterwards: a worker killed in
@@ -152,7 +154,8 @@ var releaseScript = redis.NewScript(`
 //
 // KEYS: unacked, unacked_index, record, n lists, n malformed lists. ARGV:
 // score, request id, TTL in ms, count, then the queue name of each list
-// (the routing key to record when the envelope has none). Returns per
+// (the routing key to record when the envelope has none), then how many
+// queues each priority step holds. Returns per
 // message: list, payload, tag, kind, score. Kind "r": payload is the
 // message, recorded under tag; "e" (a repeated call): payload is its
 // unacked entry; "m": moved to the malformed list.
@@ -185,56 +188,70 @@ local function pystr(s)
 end
 local s, rid, count = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local out, rec = {}, {s}
-local i = 1
-while count > 0 and i <= n do
-  local list = KEYS[3 + i]
-  local msg = redis.call('RPOP', list)
-  if not msg then
-    i = i + 1
-  else
-    count = count - 1
-    local q = ARGV[4 + i]
-    local ok, env = pcall(cjson.decode, msg)
-    if ok and type(env) == 'table' and type(env.properties) == 'table' then
-      local p = env.properties
-      local tag = p.delivery_tag
-      if type(tag) ~= 'string' or tag == '' then tag = rid .. '.' .. #rec end
-      local ex, rk = '', ''
-      local di = p.delivery_info
-      if type(di) == 'table' then
-        if type(di.exchange) == 'string' then ex = di.exchange end
-        if type(di.routing_key) == 'string' then rk = di.routing_key end
-      end
-      if ex == '' and rk == '' then rk = q end
-      redis.call('ZADD', KEYS[2], s, tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. msg .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
-      out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = tag; out[#out + 1] = 'r'; out[#out + 1] = s
-      rec[#rec + 1] = list; rec[#rec + 1] = tag; rec[#rec + 1] = 'r'
-    else
-      local abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-      local function b64(s)
-        local t = {}
-        for i = 1, #s, 3 do
-          local a, b, c = string.byte(s, i, i + 2)
-          local v = a * 65536 + (b or 0) * 256 + (c or 0)
-          local d = {math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64}
-          t[#t + 1] = string.sub(abc, d[1] + 1, d[1] + 1) .. string.sub(abc, d[2] + 1, d[2] + 1) ..
-            (b and string.sub(abc, d[3] + 1, d[3] + 1) or '=') .. (c and string.sub(abc, d[4] + 1, d[4] + 1) or '=')
-        end
-        return table.concat(t)
-      end
-      local why = 'not a kombu envelope: not a JSON object with a properties object'
-      if not ok then why = 'not a kombu envelope: not JSON' end
-      redis.call('LPUSH', KEYS[3 + n + i], cjson.encode({
-        body = b64(msg), ['content-encoding'] = 'binary', ['content-type'] = 'application/octet-stream',
-        headers = {['x-gocelery-reason'] = why, ['x-gocelery-queue'] = q},
-        properties = {body_encoding = 'base64', delivery_tag = rid .. '.' .. #rec, delivery_mode = 2,
-          priority = 0, correlation_id = '', reply_to = '',
-          delivery_info = {exchange = '', routing_key = q .. '.malformed'}}}))
-      out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = ''; out[#out + 1] = 'm'; out[#out + 1] = s
-      rec[#rec + 1] = list; rec[#rec + 1] = ''; rec[#rec + 1] = 'm'
+local function take(i, list, msg)
+  local q = ARGV[4 + i]
+  local ok, env = pcall(cjson.decode, msg)
+  if ok and type(env) == 'table' and type(env.properties) == 'table' then
+    local p = env.properties
+    local tag = p.delivery_tag
+    if type(tag) ~= 'string' or tag == '' then tag = rid .. '.' .. #rec end
+    local ex, rk = '', ''
+    local di = p.delivery_info
+    if type(di) == 'table' then
+      if type(di.exchange) == 'string' then ex = di.exchange end
+      if type(di.routing_key) == 'string' then rk = di.routing_key end
     end
+    if ex == '' and rk == '' then rk = q end
+    redis.call('ZADD', KEYS[2], s, tag)
+    redis.call('HSET', KEYS[1], tag, '[' .. msg .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
+    out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = tag; out[#out + 1] = 'r'; out[#out + 1] = s
+    rec[#rec + 1] = list; rec[#rec + 1] = tag; rec[#rec + 1] = 'r'
+  else
+    local abc = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+    local function b64(s)
+      local t = {}
+      for i = 1, #s, 3 do
+        local a, b, c = string.byte(s, i, i + 2)
+        local v = a * 65536 + (b or 0) * 256 + (c or 0)
+        local d = {math.floor(v / 262144) % 64, math.floor(v / 4096) % 64, math.floor(v / 64) % 64, v % 64}
+        t[#t + 1] = string.sub(abc, d[1] + 1, d[1] + 1) .. string.sub(abc, d[2] + 1, d[2] + 1) ..
+          (b and string.sub(abc, d[3] + 1, d[3] + 1) or '=') .. (c and string.sub(abc, d[4] + 1, d[4] + 1) or '=')
+      end
+      return table.concat(t)
+    end
+    local why = 'not a kombu envelope: not a JSON object with a properties object'
+    if not ok then why = 'not a kombu envelope: not JSON' end
+    redis.call('LPUSH', KEYS[3 + n + i], cjson.encode({
+      body = b64(msg), ['content-encoding'] = 'binary', ['content-type'] = 'application/octet-stream',
+      headers = {['x-gocelery-reason'] = why, ['x-gocelery-queue'] = q},
+      properties = {body_encoding = 'base64', delivery_tag = rid .. '.' .. #rec, delivery_mode = 2,
+        priority = 0, correlation_id = '', reply_to = '',
+        delivery_info = {exchange = '', routing_key = q .. '.malformed'}}}))
+    out[#out + 1] = list; out[#out + 1] = msg; out[#out + 1] = ''; out[#out + 1] = 'm'; out[#out + 1] = s
+    rec[#rec + 1] = list; rec[#rec + 1] = ''; rec[#rec + 1] = 'm'
   end
+end
+-- Lists come by priority step, each step holding the consumer's queues in
+-- its round-robin order: a batch drains the first step that has messages
+-- one queue at a time in turn (kombu's round-robin within one BRPOP order),
+-- then the next step.
+local qn = tonumber(ARGV[5 + n]) or n
+for st = 0, n / qn - 1 do
+  local live, empty, j = qn, {}, 0
+  while count > 0 and live > 0 do
+    local i = st * qn + (j % qn) + 1
+    if not empty[i] then
+      local msg = redis.call('RPOP', KEYS[3 + i])
+      if msg then
+        count = count - 1
+        take(i, KEYS[3 + i], msg)
+      else
+        empty[i], live = true, live - 1
+      end
+    end
+    j = j + 1
+  end
+  if count == 0 then break end
 end
 if #rec > 1 then
   redis.call('SET', KEYS[3], rid .. ' ' .. cjson.encode(rec), 'PX', ARGV[3])
