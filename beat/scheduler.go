@@ -99,7 +99,13 @@ type SendEvent struct {
 // that lost its lock never claims (the script checks the owner), and
 // publishes only while its lease is valid, with a deadline at its end. A
 // publish that fails (broker down) is retried every second with the same
-// task id until it goes through or a later run of the entry replaces it.
+// task id until it goes through or a later run of the entry replaces it;
+// the claim stays "claimed" meanwhile. A publish that reached the broker
+// but was not confirmed by the deadline (RabbitMQ blocking publishers on a
+// memory or disk alarm) is in doubt, not failed: its retry waits for the
+// first copy's confirm instead of writing a second (amqp.ErrUnconfirmed),
+// so a stalled broker gets the run once. Only a connection lost while in
+// doubt leaves a retry that may duplicate it, with the same task id.
 type Scheduler struct {
 	life   lifecycle.Guard
 	rdb    redis.UniversalClient
@@ -546,7 +552,10 @@ func (ld *leader) sendAll(ctx context.Context, runs []sendRun, resend bool) {
 			_, err := ld.sender.SendTask(sctx, r.e.Task, r.e.Args, r.e.Kwargs, sendOptions(r.e, r.c.TaskID, ld.cfg.Now())...)
 			r.sent, r.ok = ld.cfg.Now(), err == nil
 			if err != nil {
-				ld.log.Error("beat: send failed, retrying", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID, "err", err)
+				// Retried with the same task id; a publish in doubt (sent,
+				// not yet confirmed) is resolved by the publisher, not sent
+				// twice.
+				ld.log.Error("beat: send failed or not confirmed, retrying", "entry", r.e.Name, "task", r.e.Task, "task_id", r.c.TaskID, "err", err)
 				ld.mu.Lock()
 				ld.failed = append(ld.failed, failedSend{e: r.e, c: r.c, due: r.due, retry: time.Now().Add(sendRetry)})
 				ld.mu.Unlock()

@@ -20,6 +20,16 @@ import (
 // x-overflow reject-publish.
 var ErrNacked = errors.New("amqp: message nacked by the broker")
 
+// ErrUnconfirmed is returned by Publish, wrapping the context's error,
+// when the context ended after the message was written and before the
+// broker confirmed it (a broker blocking publishers on a memory or disk
+// alarm, a slow disk): the message may still be delivered. Publishing the
+// same message again (same exchange, routing key and correlation id, that
+// is Celery's task id) while its channel lives waits for that confirm
+// instead of sending a second copy; a retry is sent anew only once the
+// first was refused or its channel lost.
+var ErrUnconfirmed = errors.New("amqp: publish not confirmed: the message may still be delivered")
+
 // publisher is the background component behind Publish: one channel in
 // confirm mode, opened on first use and again after a loss, plus the
 // goroutine that collects basic.return frames for it.
@@ -77,6 +87,45 @@ type pubChannel struct {
 	returned []amqp.Return
 	closeErr *amqp.Error
 	errRead  bool
+	// unconfirmed holds the publishes written on this channel whose caller
+	// stopped waiting before the confirm, by pendingKey, until it comes.
+	unconfirmed map[string]*amqp.DeferredConfirmation
+}
+
+// pendingKey names a message for matching a retry with a publish still
+// in doubt: where it goes and its correlation id (the task id of a Celery
+// message). A message without one is never matched.
+func pendingKey(exchange, key string, m *amqp.Publishing) string {
+	if m.CorrelationId == "" {
+		return ""
+	}
+	return exchange + "\x00" + key + "\x00" + m.CorrelationId
+}
+
+// inDoubt returns the earlier publish of k still waiting for its confirm.
+func (pc *pubChannel) inDoubt(k string) *amqp.DeferredConfirmation {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.unconfirmed[k]
+}
+
+// keepInDoubt remembers a publish whose caller gave up on the confirm,
+// until the confirm (or the channel's close) resolves it.
+func (pc *pubChannel) keepInDoubt(k string, dc *amqp.DeferredConfirmation) {
+	pc.mu.Lock()
+	if pc.unconfirmed == nil {
+		pc.unconfirmed = map[string]*amqp.DeferredConfirmation{}
+	}
+	pc.unconfirmed[k] = dc
+	pc.mu.Unlock()
+	go func() {
+		<-dc.Done() // amqp091 resolves every pending confirm when the channel closes
+		pc.mu.Lock()
+		if pc.unconfirmed[k] == dc {
+			delete(pc.unconfirmed, k)
+		}
+		pc.mu.Unlock()
+	}()
 }
 
 // maxKeptReturns bounds the returns kept for matching. Each publisher
@@ -259,6 +308,22 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 	if retry, err := pc.checkExchange(exchange); err != nil {
 		return retry, err
 	}
+	k := pendingKey(exchange, key, m)
+	if k != "" {
+		if dc := pc.inDoubt(k); dc != nil {
+			// This message was written before and its confirm is still
+			// due: wait for it rather than send a second copy.
+			select {
+			case <-dc.Done():
+			case <-ctx.Done():
+				return false, fmt.Errorf("%w: %w", ErrUnconfirmed, ctx.Err())
+			}
+			if dc.Acked() {
+				return false, p.returned(pc, exchange, key, mandatory, m)
+			}
+			// Refused, or its channel closed: send it (again) below.
+		}
+	}
 	dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, *m)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -272,8 +337,12 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 	select {
 	case <-dc.Done():
 	case <-ctx.Done():
-		// The message may still reach the queue; the caller gave up.
-		return false, ctx.Err()
+		// Written, not confirmed: the message may still reach the queue.
+		// A retry of it waits for this confirm (see ErrUnconfirmed).
+		if k != "" {
+			pc.keepInDoubt(k, dc)
+		}
+		return false, fmt.Errorf("%w: %w", ErrUnconfirmed, ctx.Err())
 	}
 	if !dc.Acked() {
 		if pc.ch.IsClosed() { // amqp091 nacks what was pending when a channel closes
@@ -281,12 +350,18 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 		}
 		return false, ErrNacked
 	}
+	return false, p.returned(pc, exchange, key, mandatory, m)
+}
+
+// returned is the error for a confirmed mandatory message that the broker
+// returned as unroutable, nil otherwise.
+func (p *publisher) returned(pc *pubChannel, exchange, key string, mandatory bool, m *amqp.Publishing) error {
 	if mandatory {
 		if r, ok := pc.takeReturn(exchange, key, m); ok {
-			return false, fmt.Errorf("%w: %s (exchange %q, routing key %q)", broker.ErrUnroutable, r.ReplyText, exchange, key)
+			return fmt.Errorf("%w: %s (exchange %q, routing key %q)", broker.ErrUnroutable, r.ReplyText, exchange, key)
 		}
 	}
-	return false, nil
+	return nil
 }
 
 // checkExchange makes sure a named exchange exists before the first

@@ -1,0 +1,177 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gocelery/gocelery/broker"
+	"github.com/gocelery/gocelery/protocol"
+)
+
+// A publish whose confirm does not come by its deadline (the broker has
+// stopped reading, as RabbitMQ does to publishers on a memory alarm) is
+// ErrUnconfirmed, not a plain failure; publishing the same message again
+// waits for that confirm instead of writing a second copy, so the queue
+// gets it once. A broker that stops reading is simulated by a loopback
+// proxy that holds the client's bytes (the shared RabbitMQ is not
+// disturbed); beat's TestRunSentOnceThroughPublisherStall does it with a
+// real memory alarm.
+func TestRetryOfUnconfirmedPublishSendsOnce(t *testing.T) {
+	needRabbit(t)
+	proxy := startStallProxy(t, "127.0.0.1:5672")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Options{Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a := newAdmin(t)
+	q := unique("unconfirmed")
+	a.cleanup([]string{q}, nil)
+	if err := b.Declare(ctx, broker.Queue{Name: q}); err != nil {
+		t.Fatal(err)
+	}
+	msg := func(id string) broker.Publishing {
+		return broker.Publishing{RoutingKey: q, Raw: protocol.Raw{ContentType: "application/json",
+			Properties: protocol.Properties{CorrelationID: id, DeliveryMode: 2}, Body: []byte(`[[], {}, {}]`)}}
+	}
+	// The publishing channel opens with the first publish.
+	if err := b.Publish(ctx, msg("warm-up")); err != nil {
+		t.Fatal(err)
+	}
+	proxy.hold(true)
+	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
+	err = b.Publish(short, msg("run-1"))
+	cancelShort()
+	if !errors.Is(err, ErrUnconfirmed) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish to a broker that does not read: %v, want ErrUnconfirmed wrapping the deadline", err)
+	}
+	// A retry while the broker still does not read is in doubt too.
+	short, cancelShort = context.WithTimeout(ctx, 300*time.Millisecond)
+	err = b.Publish(short, msg("run-1"))
+	cancelShort()
+	if !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("retry while stalled: %v, want ErrUnconfirmed", err)
+	}
+	time.AfterFunc(time.Second, func() { proxy.hold(false) })
+	if err := b.Publish(ctx, msg("run-1")); err != nil {
+		t.Fatalf("retry after the stall: %v", err)
+	}
+	// Another message is published as usual.
+	if err := b.Publish(ctx, msg("run-2")); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		d, ok, err := a.channel().Get(q, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			if seen["run-2"] > 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		seen[d.CorrelationId]++
+	}
+	if seen["run-1"] != 1 || seen["run-2"] != 1 || seen["warm-up"] != 1 {
+		t.Errorf("copies in the queue: %v, want each message once", seen)
+	}
+}
+
+// stallProxy forwards TCP to upstream; while held, it stops passing the
+// client's bytes on (they wait in the proxy, as in a socket the broker
+// does not read) and replies flow as usual.
+type stallProxy struct {
+	addr string
+	mu   sync.Mutex
+	cond *sync.Cond
+	held bool
+}
+
+func (p *stallProxy) hold(on bool) {
+	p.mu.Lock()
+	p.held = on
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+func (p *stallProxy) wait() {
+	p.mu.Lock()
+	for p.held {
+		p.cond.Wait()
+	}
+	p.mu.Unlock()
+}
+
+func startStallProxy(t *testing.T, upstream string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{addr: ln.Addr().String()}
+	p.cond = sync.NewCond(&p.mu)
+	var wg sync.WaitGroup
+	var cmu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			cmu.Lock()
+			conns = append(conns, c, s)
+			cmu.Unlock()
+			pipe := func(dst, src net.Conn, gate bool) {
+				defer wg.Done()
+				defer dst.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if n > 0 {
+						if gate {
+							p.wait()
+						}
+						if _, werr := dst.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			wg.Add(2)
+			go pipe(s, c, true)
+			go pipe(c, s, false)
+		}
+	}()
+	t.Cleanup(func() {
+		p.hold(false)
+		ln.Close()
+		cmu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		cmu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
