@@ -65,6 +65,7 @@ import (
 
 	"github.com/gocelery/gocelery/broker"
 	"github.com/gocelery/gocelery/internal/backoff"
+	"github.com/gocelery/gocelery/internal/scriptbatch"
 	"github.com/gocelery/gocelery/protocol"
 )
 
@@ -178,6 +179,7 @@ type Broker struct {
 	owns     bool // Close closes client
 	keys     keyspace
 	health   health
+	settles  *scriptbatch.Batcher // acks of concurrent deliveries share round trips
 	patterns patternCache
 	prefetch atomic.Int64
 	// bindingRefresh overrides keepBindings' period (tests).
@@ -256,6 +258,7 @@ func New(client redis.UniversalClient, db int, opts Options) *Broker {
 		closing:   make(chan struct{}),
 	}
 	b.health.logger = b.logger
+	b.settles = scriptbatch.New(client, settleScript, 256)
 	b.keeper = newKeeper(keeperParams{b: b, every: refreshInterval(opts.VisibilityTimeout)})
 	b.keeper.start(&b.wg)
 	return b

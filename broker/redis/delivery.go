@@ -297,7 +297,7 @@ func (b *Broker) apply(ctx context.Context, f *inflight, op settleOp, scores []f
 		n, err = b.requeue(ctx, f, "LPUSH", scores)
 	default:
 		args := append([]any{f.tag}, scoreArgs(scores)...)
-		n, err = settleScript.Run(ctx, b.client, []string{b.keys.unacked(), b.keys.unackedIdx()}, args...).Int64()
+		n, err = b.settles.Run(ctx, []string{b.keys.unacked(), b.keys.unackedIdx()}, args...).Int64()
 		b.health.observe(err)
 	}
 	return n != 0, err
