@@ -32,6 +32,22 @@ type Workflow struct {
 	p       *Producer
 	backend ChordBackend // nil: no chords, no failed chain steps stored
 	log     *slog.Logger
+	join    joinTiming
+}
+
+// joinTiming is how the chord join retries an unreachable backend: from
+// first, doubling up to max between attempts, for at most retryFor and
+// until the caller's deadline less margin (left for publishing the body)
+// and claimWait. claimWait is slept after giving up on recording a part:
+// by then any dispatch claim a lost reply took has expired, so a copy of
+// the task redelivered after ErrJoinUnavailable can take it.
+type joinTiming struct {
+	first, max, retryFor, margin, claimWait time.Duration
+}
+
+var defaultJoinTiming = joinTiming{
+	first: 50 * time.Millisecond, max: time.Second, retryFor: 20 * time.Second,
+	margin: 2 * time.Second, claimWait: 7 * time.Second, // results' claim lives 6 s
 }
 
 // NewWorkflow returns the workflow a worker uses; p publishes the next
@@ -40,7 +56,7 @@ func NewWorkflow(p *Producer, backend ChordBackend, logger *slog.Logger) *Workfl
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Workflow{p: p, backend: backend, log: logger}
+	return &Workflow{p: p, backend: backend, log: logger, join: defaultJoinTiming}
 }
 
 func rootOf(m *protocol.Message) string {
@@ -190,7 +206,7 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 		Token: results.NewChordToken(),
 	}
 	var j *results.ChordJoin
-	err := w.retry(ctx, m.Group, "recording the chord part", func() error {
+	err := w.retry(ctx, m.Group, "recording the chord part", true, func() error {
 		var err error
 		j, err = w.backend.ChordPartReturn(ctx, part)
 		return err
@@ -202,11 +218,11 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 	if exc := j.Err(); exc != nil {
 		w.log.Error("Chord failed", "group", m.Group, "error", exc.Error())
 		err := w.chordError(ctx, body, exc)
-		return errors.Join(err, w.retry(ctx, m.Group, "dropping the failed chord's size", func() error {
+		return errors.Join(err, w.retry(ctx, m.Group, "dropping the failed chord's size", false, func() error {
 			return w.backend.ChordFailed(ctx, m.Group)
 		}))
 	}
-	err = w.retry(ctx, m.Group, "extending the dispatch claim", func() error {
+	err = w.retry(ctx, m.Group, "extending the dispatch claim", true, func() error {
 		return w.backend.ChordExtendClaim(ctx, j, 0)
 	})
 	if errors.Is(err, results.ErrChordClaimLost) {
@@ -223,7 +239,7 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 	}
 	// The "done" marker the cleanup leaves is what turns a late copy of a
 	// header task into a no-op instead of a second body: retry it too.
-	derr := w.retry(ctx, m.Group, "cleaning up the chord", func() error { return w.backend.ChordDone(ctx, j) })
+	derr := w.retry(ctx, m.Group, "cleaning up the chord", false, func() error { return w.backend.ChordDone(ctx, j) })
 	if derr != nil {
 		w.log.Warn("Chord cleanup failed; its keys are left to expire", "group", m.Group, "error", derr)
 	}
@@ -234,31 +250,28 @@ func (w *Workflow) chordPart(ctx context.Context, m *protocol.Message, state str
 // backend stayed unreachable through every retry of the chord join: the
 // part may not be recorded and the body not published. The message of
 // the task should be left for redelivery (not acked) if it still can be;
-// running the task again records its part once.
+// running the task again records its part once. Before returning it, the
+// join waits for any dispatch claim it may hold to expire, so that the
+// redelivered copy can complete the chord.
 var ErrJoinUnavailable = errors.New("producer: chord join: result backend unavailable")
-
-// Chord join retries, for a backend that drops connections or fails over:
-// from joinRetryFirst, doubling up to joinRetryMax between attempts, for
-// joinRetryFor or until the caller's deadline less joinRetryMargin (left
-// for publishing the body).
-const (
-	joinRetryFirst  = 50 * time.Millisecond
-	joinRetryMax    = time.Second
-	joinRetryFor    = 20 * time.Second
-	joinRetryMargin = 2 * time.Second
-)
 
 // retry runs op until it succeeds, fails for a reason other than an
 // unreachable backend (results.ErrUnavailable), or the retry budget is
-// spent; then the error wraps ErrJoinUnavailable. Every chord operation
-// is safe to repeat (the part is recorded once per task id and index, the
-// claim is matched by token).
-func (w *Workflow) retry(ctx context.Context, group, what string, op func() error) error {
-	deadline := time.Now().Add(joinRetryFor)
-	if d, ok := ctx.Deadline(); ok && d.Add(-joinRetryMargin).Before(deadline) {
-		deadline = d.Add(-joinRetryMargin)
+// spent (see joinTiming); then the error wraps ErrJoinUnavailable. Every
+// chord operation is safe to repeat (the part is recorded once per task
+// id and index, the claim is matched by token). With claimWait, a retry
+// that gives up first waits for any claim it may hold to expire.
+func (w *Workflow) retry(ctx context.Context, group, what string, claimWait bool, op func() error) error {
+	jt := w.join
+	reserve := jt.margin
+	if claimWait {
+		reserve += jt.claimWait
 	}
-	delay := joinRetryFirst
+	deadline := time.Now().Add(jt.retryFor)
+	if d, ok := ctx.Deadline(); ok && d.Add(-reserve).Before(deadline) {
+		deadline = d.Add(-reserve)
+	}
+	delay := jt.first
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil || !errors.Is(err, results.ErrUnavailable) {
@@ -270,18 +283,30 @@ func (w *Workflow) retry(ctx context.Context, group, what string, op func() erro
 		if attempt == 1 {
 			w.log.Warn("Chord join: result backend unavailable, retrying", "group", group, "step", what, "error", err)
 		}
-		if time.Until(deadline) < delay {
+		wait := delay
+		last := time.Until(deadline) < delay
+		if last {
 			w.log.Error("Chord join: result backend unavailable, giving up", "group", group, "step", what, "attempts", attempt, "error", err)
-			return fmt.Errorf("%w: %s of %s after %d attempts: %w", ErrJoinUnavailable, what, group, attempt, err)
+			err = fmt.Errorf("%w: %s of %s after %d attempts: %w", ErrJoinUnavailable, what, group, attempt, err)
+			if !claimWait {
+				return err
+			}
+			wait = jt.claimWait
 		}
-		t := time.NewTimer(delay)
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			if last {
+				return err
+			}
 			return fmt.Errorf("%w: %s of %s: %w", ErrJoinUnavailable, what, group, errors.Join(err, ctx.Err()))
 		}
-		delay = min(delay*2, joinRetryMax)
+		if last {
+			return err
+		}
+		delay = min(delay*2, jt.max)
 	}
 }
 

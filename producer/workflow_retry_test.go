@@ -62,8 +62,11 @@ func TestChordJoinRetry(t *testing.T) {
 		rec := &recorder{}
 		f := &flakyJoin{down: 1 << 30, tokens: map[string]bool{}}
 		w := NewWorkflow(New(rec, nil, Config{}), f, quiet)
-		ctx, cancel := context.WithTimeout(context.Background(), joinRetryMargin+500*time.Millisecond)
+		w.join = joinTiming{first: 10 * time.Millisecond, max: 50 * time.Millisecond, retryFor: time.Minute,
+			margin: 100 * time.Millisecond, claimWait: 300 * time.Millisecond}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
+		start := time.Now()
 		err := w.Finished(ctx, chordPartMessage(), results.Success, int64(1))
 		if !errors.Is(err, ErrJoinUnavailable) || !errors.Is(err, results.ErrUnavailable) {
 			t.Fatalf("err = %v, want ErrJoinUnavailable wrapping results.ErrUnavailable", err)
@@ -73,6 +76,11 @@ func TestChordJoinRetry(t *testing.T) {
 		}
 		if ctx.Err() != nil {
 			t.Error("the retries used the margin left for the caller")
+		}
+		// Retries until 1 s - margin - claimWait, then the claim wait: a
+		// claim taken by a lost reply has expired when the error returns.
+		if took := time.Since(start); took < 850*time.Millisecond {
+			t.Errorf("gave up after %s, want the retries (600 ms) and the claim wait (300 ms)", took)
 		}
 	})
 }
