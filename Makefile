@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GOBIN := $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: test services fmtcheck vet staticcheck gotest pytest faults vectors celery-suite
+.PHONY: test services fmtcheck vet staticcheck gotest pytest faults vectors celery-suite ha
 
 test: services fmtcheck vet staticcheck gotest pytest faults
 
@@ -52,3 +52,9 @@ vectors: services
 # (about 40 minutes); see interop/celerysuite.
 celery-suite: services
 	.venv/bin/python interop/celerysuite/run.py
+
+# The RabbitMQ cluster failover tests (three nodes rabbit-1..3@localhost on
+# 5681-5683, started and stopped by the tests through scripts/services.sh):
+# kept out of make test, the cluster costs a core while it runs. About 60 s.
+ha: services
+	GOCELERY_HA=1 go test -race -count=1 -run 'TestCluster' -v ./broker/amqp/

@@ -22,6 +22,10 @@ REDIS_PORTS=(26390 26391)
 SENTINEL_PORTS=(26479 26480 26481)
 RABBIT_PORTS=(5681 5682 5683)
 WAIT=${HA_WAIT_SECONDS:-60}
+# RabbitMQ's own scripts, not Debian's wrappers: those switch to the
+# rabbitmq user and write the shared node's startup log.
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+[ -x "$RABBIT_BIN/rabbitmq-server" ] || RABBIT_BIN=$(dirname "$(command -v rabbitmq-server || echo /usr/sbin/x)")
 
 log() { echo "ha: $*"; }
 die() { echo "ha: ERROR: $*" >&2; exit 1; }
@@ -116,9 +120,9 @@ stop_pidfile() {
     local f=$1 pid
     [ -f "$f" ] || return 0
     pid=$(cat "$f")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    # Nothing on disk to keep: kill -9, and wait until it is gone.
     kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
 }
 
 sentinel_down() {
@@ -145,7 +149,19 @@ rabbit_env() { # n
 ctl() {
     local n=$1
     shift
-    env HOME="$HA_DIR/home" rabbitmqctl -n "rabbit-$n@localhost" "$@"
+    env HOME="$HA_DIR/home" "$RABBIT_BIN/rabbitmqctl" -n "rabbit-$n@localhost" "$@"
+}
+
+# wait_node n: until node n has booted (await_startup fails at once while
+# the node is not registered yet).
+wait_node() {
+    local i
+    for ((i = 0; i < WAIT; i++)); do
+        ctl "$1" -q await_startup --timeout 5 >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    tail -20 "$HA_DIR/rabbit-$1/stdout" >&2
+    return 1
 }
 
 rabbit_start() { # n
@@ -161,8 +177,8 @@ log.file.level = warning
 EOF
     echo '[].' >"$dir/advanced.config"
     # +S 1:1 one scheduler per node; the cluster shares 2 cores with the rest.
-    (cd "$dir" && env $(rabbit_env "$n") RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none" \
-        setsid rabbitmq-server >"$dir/stdout" 2>&1 </dev/null &)
+    (cd "$dir" && env $(rabbit_env "$n") RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}" \
+        setsid "$RABBIT_BIN/rabbitmq-server" >"$dir/stdout" 2>&1 </dev/null &)
 }
 
 cluster_up() {
@@ -174,10 +190,7 @@ cluster_up() {
     chmod 400 "$HA_DIR/home/.erlang.cookie"
     local n
     for n in 1 2 3; do rabbit_start "$n"; done
-    for n in 1 2 3; do
-        timeout "$WAIT" env HOME="$HA_DIR/home" rabbitmqctl -q -n "rabbit-$n@localhost" await_startup >/dev/null 2>&1 ||
-            { tail -20 "$HA_DIR/rabbit-$n/stdout" >&2; die "rabbit-$n did not start"; }
-    done
+    for n in 1 2 3; do wait_node "$n" || die "rabbit-$n did not start"; done
     for n in 2 3; do
         ctl "$n" -q stop_app
         ctl "$n" -q join_cluster rabbit-1@localhost
@@ -191,18 +204,15 @@ cluster_revive() { # n
     local n=$1
     port_open "${RABBIT_PORTS[n - 1]}" && return 0
     rabbit_start "$n"
-    timeout "$WAIT" env HOME="$HA_DIR/home" rabbitmqctl -q -n "rabbit-$n@localhost" await_startup >/dev/null 2>&1 ||
-        die "rabbit-$n did not start again"
+    wait_node "$n" || die "rabbit-$n did not start again"
     log "cluster: revived rabbit-$n"
 }
 
 cluster_down() {
-    local n pid
-    for n in 3 2 1; do
-        pid=$(cat "$HA_DIR/rabbit-$n/pid" 2>/dev/null || true)
-        ctl "$n" -q stop >/dev/null 2>&1 || true
-        [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-    done
+    local n
+    # Nothing to keep: kill -9 (a graceful stop of a node whose peer was
+    # killed can wait a long time on its quorum queues).
+    for n in 3 2 1; do stop_pidfile "$HA_DIR/rabbit-$n/pid"; done
     rm -rf "$HA_DIR"/rabbit-* "$HA_DIR/home"
     log "cluster: down"
 }

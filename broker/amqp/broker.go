@@ -74,6 +74,9 @@ type Options struct {
 	// with GlobalQoS false a raise would otherwise take effect at the
 	// next reconnect only.
 	StaticPrefetch bool
+	// FailoverStrategy orders a URL list (amqp://h1//;amqp://h2//):
+	// RoundRobin (default) or Shuffle, Celery's broker_failover_strategy.
+	FailoverStrategy string
 }
 
 func (o *Options) defaults() {
@@ -95,10 +98,11 @@ func (o *Options) defaults() {
 // Broker is a connection to RabbitMQ that reconnects by itself. It is safe
 // for concurrent use.
 type Broker struct {
-	opts   Options
-	logger *slog.Logger
-	target target
-	tagID  string // consumer tag prefix, unique per Broker
+	opts     Options
+	logger   *slog.Logger
+	target   target // the first of the list, for messages
+	failover *failover
+	tagID    string // consumer tag prefix, unique per Broker
 
 	conn *connector
 	pub  *publisher
@@ -128,19 +132,29 @@ type Broker struct {
 // vhost "/"; pyamqp:// is amqp://; amqps:// uses TLS. The first connection
 // is made here, once: an unreachable host or a refused login is an error,
 // and retrying is the caller's choice. Later losses are repaired in the
-// background until Close.
+// background until Close. A ";"-separated list (amqp://h1//;amqp://h2//,
+// Celery's broker_url list) names the nodes of one cluster: each dial
+// tries them in turn, a reconnect starting with the node after the one
+// that was lost, in opts.FailoverStrategy's order; the topology is
+// declared again on the node reached.
 func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
 	opts.defaults()
-	t, err := parseURL(url)
+	ts, err := parseURLs(url)
 	if err != nil {
 		return nil, err
 	}
+	fo, err := newFailover(ts, opts.FailoverStrategy)
+	if err != nil {
+		return nil, err
+	}
+	t := ts[0]
 	var id [6]byte
 	_, _ = rand.Read(id[:])
 	b := &Broker{
 		opts:      opts,
 		logger:    opts.Logger,
 		target:    t,
+		failover:  fo,
 		tagID:     hex.EncodeToString(id[:]),
 		consumers: make(map[*consumer]struct{}),
 		channels:  make(map[*consumeChannel]struct{}),
@@ -166,9 +180,9 @@ func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
 	return b, nil
 }
 
-// dial makes one connection. TLS is done here rather than by amqp091 so
-// that fixConn sees plaintext frames.
-func (b *Broker) dial(ctx context.Context) (*amqp.Connection, error) {
+// dialTarget makes one connection to t. TLS is done here rather than by
+// amqp091 so that fixConn sees plaintext frames.
+func (b *Broker) dialTarget(ctx context.Context, t target) (*amqp.Connection, error) {
 	const handshakeTimeout = 30 * time.Second
 	props := amqp.NewConnectionProperties()
 	if b.opts.Name != "" {
@@ -181,7 +195,7 @@ func (b *Broker) dial(ctx context.Context) (*amqp.Connection, error) {
 		}
 	}()
 	cfg := amqp.Config{
-		Vhost:      b.target.vhost,
+		Vhost:      t.vhost,
 		Heartbeat:  b.opts.Heartbeat,
 		Properties: props,
 		Dial: func(network, addr string) (net.Conn, error) {
@@ -197,13 +211,13 @@ func (b *Broker) dial(ctx context.Context) (*amqp.Connection, error) {
 				conn.Close()
 				return nil, err
 			}
-			if b.target.tls {
+			if t.tls {
 				cfg := &tls.Config{}
 				if b.opts.TLSConfig != nil {
 					cfg = b.opts.TLSConfig.Clone()
 				}
 				if cfg.ServerName == "" {
-					cfg.ServerName = b.target.host
+					cfg.ServerName = t.host
 				}
 				tc := tls.Client(conn, cfg)
 				if err := tc.HandshakeContext(ctx); err != nil {
@@ -215,7 +229,7 @@ func (b *Broker) dial(ctx context.Context) (*amqp.Connection, error) {
 			return &fixConn{Conn: conn}, nil
 		},
 	}
-	return amqp.DialConfig(b.target.dialURL, cfg)
+	return amqp.DialConfig(t.dialURL, cfg)
 }
 
 func (b *Broker) backoff(attempt int) time.Duration {
