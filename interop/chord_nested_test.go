@@ -267,3 +267,21 @@ func startPythonWorkerOn(t *testing.T, celery, brokerURL, backend, queue string,
 		t.Fatal("python worker not ready in 60 s")
 	}
 }
+
+// A header member whose result is a group (Celery's "complex" header,
+// which it runs with a saved GroupResult and nested results) is refused
+// with a clear error instead of a chord that never completes.
+func TestComplexChordHeaderRefused(t *testing.T) {
+	add := func(x ...any) protocol.Signature { return producer.Sig("t.add", x...) }
+	for name, member := range map[string]protocol.Signature{
+		"chain ending in a group": producer.Chain(add(3, 3), producer.Group(add(1), add(2))),
+		"chord with a group body": producer.Chord([]protocol.Signature{add(1, 1)}, producer.Group(add(1), add(2))),
+	} {
+		rec := &publishRecorder{}
+		p := producer.New(rec, &sizeRecorder{sizes: map[string]int{}}, producer.Config{DefaultQueue: "unused"})
+		_, err := p.Apply(context.Background(), producer.Chord([]protocol.Signature{add(1, 1), member}, producer.Sig("t.xsum")), nil)
+		if !errors.Is(err, producer.ErrComplexChordHeader) || len(rec.sent) != 0 {
+			t.Errorf("%s: err %v, %d published; want ErrComplexChordHeader and nothing sent", name, err, len(rec.sent))
+		}
+	}
+}

@@ -372,6 +372,11 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 	if err != nil {
 		return nil, err
 	}
+	for i, t := range header {
+		if endsInGroup(t) {
+			return nil, fmt.Errorf("%w: chord header member %d (%s) ends in a group", ErrComplexChordHeader, i, t.Task)
+		}
+	}
 	if len(header) == 0 {
 		bo, err := optionsOf(body.Options)
 		if err != nil {
@@ -401,6 +406,38 @@ func (p *Producer) applyChord(ctx context.Context, header []protocol.Signature, 
 		return nil, err
 	}
 	return bodyRes, nil
+}
+
+// ErrComplexChordHeader is returned for a chord whose header has a member
+// whose result is a group: a chain that ends in a group, or a chord whose
+// body is one. Celery 5.7 saves the header's GroupResult for such a chord
+// and gives the body nested lists ([2, [7, 8]]); this producer does not
+// build that yet, and refuses the chord rather than run it wrongly.
+var ErrComplexChordHeader = errors.New("producer: chord header member with a group result is not supported")
+
+// endsInGroup reports whether s's result is a group's, as Celery's
+// apply_chord tells a complex header by a GroupResult among its results.
+func endsInGroup(s protocol.Signature) bool {
+	switch s.SubtaskType {
+	case protocol.SubtaskGroup:
+		return true
+	case protocol.SubtaskChain:
+		tasks, err := s.Tasks()
+		if err != nil {
+			return false
+		}
+		for i := len(tasks) - 1; i >= 0; i-- {
+			if c, err := chordCount(tasks[i]); err == nil && c == 0 {
+				continue // an empty step, skipped as in chordCount
+			}
+			return endsInGroup(tasks[i])
+		}
+	case protocol.SubtaskChord:
+		if body, err := s.Body(); err == nil {
+			return endsInGroup(body)
+		}
+	}
+	return false
 }
 
 // unrollHeader flattens the groups nested in a chord header into one list
