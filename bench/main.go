@@ -49,6 +49,8 @@ func main() {
 	skipPython := flag.Bool("skip-python", false, "measure only the Go worker and the raw consumer")
 	publishOnly := flag.Bool("publish-only", false, "measure only the publish rates (Go producer against Python send_task)")
 	chordOnly := flag.Int("chord", 0, "measure only a chord of this many Go tasks (0: the chord of 1,000 runs after the other measures)")
+	redisBroker := flag.String("redis-broker", "redis://127.0.0.1:6379/5", "Redis broker for the consumption runs on Redis (\"\" skips them)")
+	redisOnly := flag.Bool("redis-only", false, "measure only the consumption runs on the Redis broker")
 	goProfile := flag.String("goprofile", "", "write the Go worker's CPU profile (pprof) for its runs to FILE.noresults and FILE.results")
 	flag.Parse()
 	py, err := filepath.Abs(*python)
@@ -58,8 +60,13 @@ func main() {
 		err = publishBench(*brokerURL, py, *n)
 	case *chordOnly > 0:
 		err = chordBench(*brokerURL, *redisURL, *chordOnly)
+	case *redisOnly:
+		err = redisBench(*n, *redisBroker, *redisURL, *concurrency, py, *skipPython)
 	default:
 		err = run(*n, *brokerURL, *redisURL, *concurrency, py, *skipPython, *goProfile)
+		if err == nil && *redisBroker != "" {
+			err = redisBench(*n, *redisBroker, *redisURL, *concurrency, py, *skipPython)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -97,6 +104,11 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 		}
 		q := fmt.Sprintf("bench.%d.%t", os.Getpid(), withResults)
 		fill := func() error { return fillQueue(python, brokerURL, backend, q, n) }
+		depth, closeDepth, err := amqpDepth(conn, q)
+		if err != nil {
+			return err
+		}
+		defer closeDepth()
 
 		if err := fill(); err != nil {
 			return err
@@ -112,7 +124,7 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 		if goProfile != "" {
 			profArgs = append(args[:len(args):len(args)], "--cpuprofile", goProfile+map[bool]string{false: ".noresults", true: ".results"}[withResults])
 		}
-		r, err := drainWith(conn, q, n, goworker, profArgs, nil)
+		r, err := drainWith(depth, n, goworker, profArgs, nil)
 		if err != nil {
 			return fmt.Errorf("go worker: %w", err)
 		}
@@ -123,7 +135,7 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 			if err := fill(); err != nil {
 				return err
 			}
-			r, err := drainWith(conn, q, n, goworker, append(args, "-E"), nil)
+			r, err := drainWith(depth, n, goworker, append(args, "-E"), nil)
 			if err != nil {
 				return fmt.Errorf("go worker -E: %w", err)
 			}
@@ -137,7 +149,7 @@ func run(n int, brokerURL, redisURL string, concurrency int, python string, skip
 			}
 			celery := filepath.Join(filepath.Dir(python), "celery")
 			env := []string{"BENCH_BROKER=" + brokerURL, "BENCH_BACKEND=" + backend}
-			r, err = drainWith(conn, q, n, celery, []string{"-A", "pyworker", "worker", "-P", "prefork",
+			r, err = drainWith(depth, n, celery, []string{"-A", "pyworker", "worker", "-P", "prefork",
 				"-c", strconv.Itoa(cores), "-Q", q, "-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"}, env)
 			if err != nil {
 				return fmt.Errorf("python worker: %w", err)
@@ -370,7 +382,7 @@ func fillQueue(python, brokerURL, backend, queue string, n int) error {
 
 // drainWith starts a worker process on the filled queue and times it from
 // the first message taken to the last one, excluding start-up.
-func drainWith(conn *amqp.Connection, q string, n int, bin string, args, env []string) (result, error) {
+func drainWith(depth func() (int, error), n int, bin string, args, env []string) (result, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = "bench"
 	cmd.Env = append(os.Environ(), env...)
@@ -395,7 +407,7 @@ func drainWith(conn *amqp.Connection, q string, n int, bin string, args, env []s
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 	}()
-	start, end, err := watchDrain(conn, q, n, 5*time.Minute)
+	start, end, err := watchDrain(depth, n, 5*time.Minute)
 	if err != nil {
 		tail, _ := os.ReadFile(stderr.Name())
 		return result{}, fmt.Errorf("%w\n%s", err, lastLines(string(tail), 20))
@@ -412,28 +424,35 @@ func drainWith(conn *amqp.Connection, q string, n int, bin string, args, env []s
 // watchDrain polls the queue depth: the clock starts when it first drops
 // and stops when no message is ready. At that point at most one prefetch
 // window (32 of 20,000 by default, 0.16%) is still being worked on.
-func watchDrain(conn *amqp.Connection, q string, n int, limit time.Duration) (start, end time.Time, err error) {
-	ch, err := conn.Channel()
-	if err != nil {
-		return start, end, err
-	}
-	defer ch.Close()
+func watchDrain(depth func() (int, error), n int, limit time.Duration) (start, end time.Time, err error) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		left, err := depth()
 		if err != nil {
 			return start, end, err
 		}
 		now := time.Now()
-		if start.IsZero() && st.Messages < n {
+		if start.IsZero() && left < n {
 			start = now
 		}
-		if !start.IsZero() && st.Messages == 0 {
+		if !start.IsZero() && left == 0 {
 			return start, now, nil
 		}
 		time.Sleep(time.Millisecond)
 	}
 	return start, end, errors.New("queue did not drain in time")
+}
+
+// amqpDepth reads a RabbitMQ queue's ready count.
+func amqpDepth(conn *amqp.Connection, q string) (func() (int, error), func(), error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, nil, err
+	}
+	return func() (int, error) {
+		st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		return st.Messages, err
+	}, func() { ch.Close() }, nil
 }
 
 // drainRaw is the ceiling: amqp091-go with manual acks, no decoding, no work.
