@@ -26,13 +26,28 @@ VENV_PY = os.path.join(ROOT, '.venv', 'bin', 'python')
 REDIS = ('127.0.0.1', 6379)
 BROKER_DB = int(os.environ.get('CELERYSUITE_BROKER_DB', '14'))
 BACKEND_DB = int(os.environ.get('CELERYSUITE_BACKEND_DB', '15'))
-VHOST = 'celerysuite'
+VHOST = os.environ.get('CELERYSUITE_VHOST', 'celerysuite')
 BROKERS = {
     'rabbitmq': f'amqp://guest:guest@127.0.0.1:5672/{VHOST}',
     'redis': f'redis://{REDIS[0]}:{REDIS[1]}/{BROKER_DB}',
 }
 BACKEND = f'redis://{REDIS[0]}:{REDIS[1]}/{BACKEND_DB}'
 LOCK = '/tmp/rabbitmq.lock'
+
+# What was found behind a Go-only failure, where it was looked into; the
+# failure's own message follows it in go-only-failures.txt.
+CAUSES = {
+    'test_tasks::test_revoke_keeps_state_of_task_started_elsewhere':
+        "Go's revoke stores REVOKED over a state another worker set (STARTED, PROGRESS); "
+        'Celery 5.7 stores it only over PENDING, RECEIVED, RETRY, REJECTED (consumer/control.go Revoke)',
+    'test_tasks::test_revoked_by_headers_simple_canvas':
+        'revoke_by_stamped_headers is not implemented by the Go worker',
+    'test_tasks::test_revoke_by_stamped_headers_no_match':
+        'revoke_by_stamped_headers is not implemented by the Go worker (no "ok" in its reply)',
+    'test_chain::test_header_failure_fails_the_chords_after_a_group_body':
+        'a failed chord whose body is a group does not fail the chain that follows the body '
+        '(producer.Workflow.chordError fails the group members, not the body\'s chain)',
+}
 
 
 def sh(*cmd, **kw):
@@ -80,7 +95,7 @@ def run_one(out, broker, worker, test_file, goworker, kexpr, timeout):
         env['CELERYSUITE_GO_LOG'] = os.path.join(out, name + '.goworker.log')
         if os.path.exists(env['CELERYSUITE_GO_LOG']):
             os.remove(env['CELERYSUITE_GO_LOG'])
-    cmd = [VENV_PY, '-m', 'pytest', '-q', '-rN', '--junitxml', xml, f'--timeout={timeout}',
+    cmd = [VENV_PY, '-m', 'pytest', '-v', '-rN', '--junitxml', xml, f'--timeout={timeout}',
            os.path.join('t', 'integration', test_file)]
     if kexpr:
         cmd += ['-k', kexpr]
@@ -123,6 +138,8 @@ def main():
     ap.add_argument('-k', dest='kexpr', default='')
     ap.add_argument('--timeout', type=int, default=90, help='seconds per test (pytest-timeout)')
     ap.add_argument('--out', default='/tmp/celerysuite')
+    ap.add_argument('--strict', action='store_true',
+                    help='exit 1 when a Go test fails (for a subset that must pass, as in make test)')
     ap.add_argument('--goworker', default='', help='a built Go worker binary (default: build this tree\'s)')
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -148,6 +165,9 @@ def main():
                 row['go_of_python'] = (len(both), len(py_pass))
                 for t in sorted(py_pass - both):
                     o, cause = got['go'].get(t, ('missing', 'not run'))
+                    known = CAUSES.get(t.split('[')[0])
+                    if known:
+                        cause = f'{known}. Test says: {cause}'
                     fails.append(f'{broker} {test_file}::{t} [{o}] {cause}')
             table.append(row)
     print()
@@ -177,6 +197,13 @@ def main():
     print(f'{len(fails)} Go-only failures written to {path}')
     with open(os.path.join(a.out, 'summary.json'), 'w') as f:
         json.dump({'table': table, 'seconds': {'/'.join(k): v for k, v in times.items()}}, f, indent=1)
+    if a.strict and 'go' in workers:
+        failed = sum(row['go']['failed'] for row in table)
+        ran = sum(row['go']['passed'] + row['go']['failed'] for row in table)
+        # The closing line CI reads, over the Go runs.
+        print(f"celerysuite: {sum(row['go']['passed'] for row in table)} passed, {failed} failed")
+        return 1 if failed or not ran else 0
+    return 0
 
 
 if __name__ == '__main__':

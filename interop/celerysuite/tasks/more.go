@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/gocelery/gocelery/consumer"
 	"github.com/gocelery/gocelery/producer"
 	"github.com/gocelery/gocelery/protocol"
@@ -259,14 +261,27 @@ func (s *suite) registerReplacements(h registrar) {
 		return nil, consumer.Replace(stamp(with, map[string]any{"StampOnReplace": "This is the replaced task"}))
 	}))
 	h("build_chain_inside_task", fn("build_chain_inside_task", params{}, func(ctx context.Context, r *consumer.Request, b bound) (any, error) {
-		c := producer.Chain(sig("add", int64(1), int64(1)), sig("add", int64(2)),
-			producer.Group(sig("add", int64(3)), sig("add", int64(4))), sig("add", int64(5)))
-		res, err := s.Producer.Apply(ctx, c, nil)
-		if err != nil {
+		// The ids are fixed before sending so that the returned result can
+		// carry its parents, as Celery's chain result does.
+		id := func(s protocol.Signature) (protocol.Signature, string) {
+			v := uuid.NewString()
+			s.Options["task_id"] = v
+			return s, v
+		}
+		s1, id1 := id(sig("add", int64(1), int64(1)))
+		s2, id2 := id(sig("add", int64(2)))
+		m1, mid1 := id(sig("add", int64(3)))
+		m2, mid2 := id(sig("add", int64(4)))
+		g, gid := id(producer.Group(m1, m2))
+		s5, id5 := id(sig("add", int64(5)))
+		if _, err := s.Producer.Apply(ctx, producer.Chain(s1, s2, g, s5), nil); err != nil {
 			return nil, err
 		}
-		// A returned AsyncResult is stored as its as_tuple().
-		return []any{[]any{res.ID, nil}, nil}, nil
+		// A returned AsyncResult is stored as its as_tuple(): ((id,
+		// parent), children).
+		leaf := func(id string, parent any) any { return []any{[]any{id, parent}, nil} }
+		group := []any{[]any{gid, leaf(id2, leaf(id1, nil))}, []any{leaf(mid1, nil), leaf(mid2, nil)}}
+		return leaf(id5, group), nil
 	}))
 }
 
@@ -335,9 +350,15 @@ func (s *suite) registerErrbacks(h registrar) {
 	h("errback_old_style_with_args", fn("errback_old_style_with_args", params{names: []string{"request_id", "label"}}, func(ctx context.Context, r *consumer.Request, b bound) (any, error) {
 		return nil, echo(ctx, b.get("request_id"), b.get("label"))
 	}))
-	h("errback_new_style_with_args", fn("errback_new_style_with_args", params{names: []string{"request", "exc", "tb", "label"}}, func(ctx context.Context, r *consumer.Request, b bound) (any, error) {
+	newWithArgs := fn("errback_new_style_with_args", params{names: []string{"request", "exc", "tb", "label"}}, func(ctx context.Context, r *consumer.Request, b bound) (any, error) {
 		return nil, echo(ctx, requestID(b.get("request")), b.get("label"))
-	}))
+	})
+	h("errback_new_style_with_args", func(ctx context.Context, r *consumer.Request) (any, error) {
+		if len(r.Args) == 2 && len(r.Kwargs) == 0 { // sent by a Go worker: (task id, label)
+			return nil, echo(ctx, r.Args[0], r.Args[1])
+		}
+		return newWithArgs(ctx, r)
+	})
 }
 
 func requestID(v any) any {

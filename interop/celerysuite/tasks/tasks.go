@@ -271,7 +271,7 @@ func none(s string) any {
 // redisValue is what redis-py writes for a value: str() of it.
 func redisValue(v any) any {
 	switch x := v.(type) {
-	case string, int64, float64:
+	case string, int64, float64, []byte:
 		return x
 	}
 	return str(v)
