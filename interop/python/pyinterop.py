@@ -45,6 +45,9 @@ app.conf.update(
     # cadence on Redis, and late acks.
     broker_transport_options=json.loads(os.environ.get("PYINTEROP_TRANSPORT_OPTIONS", "{}")),
     task_acks_late=os.environ.get("PYINTEROP_ACKS_LATE") == "1",
+    # Sentinel tests: master_name for a sentinel:// result backend.
+    result_backend_transport_options=json.loads(
+        os.environ.get("PYINTEROP_BACKEND_TRANSPORT_OPTIONS", "{}")),
 )
 
 
@@ -100,7 +103,23 @@ def counter(self, key, sleep=0):
     """Sleeps, then INCRs key in the result backend's Redis DB."""
     if sleep:
         time.sleep(sleep)
-    return self.app.backend.client.incr(key)
+    return _counter_client(self.app).incr(key)
+
+
+_counters = None
+
+
+def _counter_client(app):
+    """The backend's Redis, or PYINTEROP_COUNTER_REDIS: failover tests
+    count on a Redis that is not the one they kill."""
+    global _counters
+    url = os.environ.get("PYINTEROP_COUNTER_REDIS")
+    if not url:
+        return app.backend.client
+    if _counters is None:
+        import redis
+        _counters = redis.Redis.from_url(url)
+    return _counters
 
 
 @app.task(name="pyinterop.request", bind=True)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -247,6 +248,15 @@ func toFloat(v any) (float64, bool) {
 // Setup registers the contract on a worker whose result backend is open:
 // interop.counter uses the backend's Redis. It fits worker.Run's setup.
 func Setup(mux *consumer.Mux, backend *results.Redis) {
+	// Failover tests count on a Redis that is not the one they kill.
+	if u := os.Getenv("INTEROP_COUNTER_REDIS"); u != "" {
+		opts, err := redis.ParseURL(u)
+		if err != nil {
+			panic("INTEROP_COUNTER_REDIS: " + err.Error())
+		}
+		Register(mux, redis.NewClient(opts))
+		return
+	}
 	if backend != nil {
 		Register(mux, backend.Client())
 		return
