@@ -21,6 +21,12 @@
 //
 // Run it as: ./myworker --broker amqp://guest:guest@localhost:5672// --result-backend redis://localhost:6379/0 -Q proj
 // (or --broker redis://localhost:6379/0 for Redis as broker).
+//
+// This package is the program around the engine: flags and the config
+// file, dialing the broker and backend, events, remote control, metrics
+// and signals. The engine itself, which consumes and runs tasks, is
+// consumer.Worker; a service that has a main of its own embeds that
+// directly (see its Shutdown example) and needs nothing from here.
 package worker
 
 import (
