@@ -63,6 +63,14 @@ func Register(mux *consumer.Mux, d Deps) {
 	}
 	mux.HandleFunc("celery.ping", func(context.Context, *consumer.Request) (any, error) { return "pong", nil })
 	mux.HandleFunc(consumer.AccumulateTask, consumer.Accumulate)
+	// celery.map and celery.starmap (xmap, xstarmap) call the task in the
+	// worker's own process for each item, as Celery's built-ins do.
+	mux.HandleFunc("celery.map", func(ctx context.Context, r *consumer.Request) (any, error) {
+		return mapTask(ctx, mux, r, false)
+	})
+	mux.HandleFunc("celery.starmap", func(ctx context.Context, r *consumer.Request) (any, error) {
+		return mapTask(ctx, mux, r, true)
+	})
 
 	h("identity", fn("identity", params{names: []string{"x"}}, func(ctx context.Context, r *consumer.Request, b bound) (any, error) {
 		return b.get("x"), nil
@@ -228,6 +236,43 @@ func Register(mux *consumer.Mux, d Deps) {
 	s.registerReplacements(h)
 	s.registerNested(h)
 	s.registerRejects(h)
+}
+
+// mapTask is xmap(task, it) or, with star, xstarmap(task, it).
+func mapTask(ctx context.Context, mux *consumer.Mux, r *consumer.Request, star bool) (any, error) {
+	b, err := bind(r, "xmap", params{names: []string{"task", "it"}})
+	if err != nil {
+		return nil, err
+	}
+	ts, err := protocol.SignatureFrom(b.get("task"))
+	if err != nil {
+		return nil, &consumer.ArgumentError{Msg: err.Error()}
+	}
+	h, _, ok := mux.Lookup(ts.Task)
+	if !ok {
+		return nil, &results.Exception{Module: "celery.exceptions", Type: "NotRegistered", Message: []any{ts.Task}}
+	}
+	items, err := iterable(b.get("it"))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]any, 0, len(items))
+	for _, it := range items {
+		args := []any{it}
+		if star {
+			if args, err = iterable(it); err != nil {
+				return nil, err
+			}
+		}
+		m := *r.Message
+		m.Task, m.Args, m.Kwargs = ts.Task, args, map[string]any{}
+		v, err := h.ServeTask(ctx, &consumer.Request{Message: &m})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // fn adapts a task body to a handler that binds its parameters first.
