@@ -62,6 +62,6 @@ celery-suite-replace:
 
 # The RabbitMQ cluster failover tests (three nodes rabbit-1..3@localhost on
 # 5681-5683, started and stopped by the tests through scripts/services.sh):
-# kept out of make test, the cluster costs a core while it runs. About 60 s.
+# kept out of make test, the cluster costs a core while it runs. About 30 s.
 ha: services
 	GOCELERY_HA=1 go test -race -count=1 -run 'TestCluster' -v ./broker/amqp/

@@ -213,6 +213,12 @@ cluster_down() {
     # Nothing to keep: kill -9 (a graceful stop of a node whose peer was
     # killed can wait a long time on its quorum queues).
     for n in 3 2 1; do stop_pidfile "$HA_DIR/rabbit-$n/pid"; done
+    # A node whose directory is gone (an interrupted run): by its port.
+    local pid
+    for pid in $(ss -ltnpH 2>/dev/null | grep -E "127\.0\.0\.1:(${RABBIT_PORTS[0]}|${RABBIT_PORTS[1]}|${RABBIT_PORTS[2]}) " |
+        grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+        kill -9 "$pid" 2>/dev/null || true
+    done
     rm -rf "$HA_DIR"/rabbit-* "$HA_DIR/home"
     log "cluster: down"
 }
