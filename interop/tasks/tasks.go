@@ -188,8 +188,8 @@ func add(ctx context.Context, r *consumer.Request) (any, error) {
 			return new(big.Int).Add(xb, yb), nil
 		}
 	}
-	xf, ok1 := toFloat(x)
-	yf, ok2 := toFloat(y)
+	xf, ok1 := protocol.AsFloat64(x)
+	yf, ok2 := protocol.AsFloat64(y)
 	if !ok1 || !ok2 {
 		return nil, &consumer.ArgumentError{Msg: fmt.Sprintf("unsupported operand type(s) for +: %s and %s", protocol.Repr(x), protocol.Repr(y))}
 	}
@@ -230,19 +230,6 @@ func toBig(v any) (*big.Int, bool) {
 		return x, true
 	}
 	return nil, false
-}
-
-func toFloat(v any) (float64, bool) {
-	switch x := v.(type) {
-	case int64:
-		return float64(x), true
-	case float64:
-		return x, true
-	case *big.Int:
-		f, _ := new(big.Float).SetInt(x).Float64()
-		return f, true
-	}
-	return 0, false
 }
 
 // Setup registers the contract on a worker whose result backend is open:
