@@ -90,9 +90,10 @@ func TestClusterKillNode(t *testing.T) {
 		defer close(pubDone)
 		for i := range n {
 			body := "m" + strconv.Itoa(i)
-			// A nack is not a confirm. RabbitMQ 3.10.8 nacked every
-			// publish to the queue after the kill here (on any node, on
-			// a fresh connection too), so it is tried once.
+			// A nack is not a confirm. After the kill RabbitMQ 3.10.8
+			// nacked every Go publish to the queue here (a fresh Go
+			// connection too; a py-amqp publish was confirmed: open), so
+			// each is tried once.
 			const tries = 1
 			for try := 0; try < tries; try++ {
 				pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
