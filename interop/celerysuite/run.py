@@ -47,7 +47,7 @@ CAUSES = {
     'test_tasks::test_revoke_by_stamped_headers_no_match':
         'revoke_by_stamped_headers is not implemented by the Go worker (no "ok" in its reply)',
     'test_tasks::test_expired':
-        'on RabbitMQ the expires=1 task never reached the Go worker (its per-message TTL ran out in the '
+        'on RabbitMQ the second task (expires=now+1 s) never reached the Go worker (its per-message TTL ran out in the '
         'queue behind 4 sleeping tasks), so no REVOKED was stored; Celery\'s worker had it prefetched',
     'test_task_redis_result_backend::test_asyncresult_get_cancels_subscription': PUBSUB,
     'test_task_redis_result_backend::test_asyncresult_forget_cancels_subscription': PUBSUB,
