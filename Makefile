@@ -49,7 +49,7 @@ vectors: services
 # test_tasks.py, unchanged) against the Go worker and against Celery's
 # worker, on RabbitMQ and Redis: counts per file and broker, Go-only
 # failures in /tmp/celerysuite/go-only-failures.txt. Not part of test
-# (about 40 minutes); see interop/celerysuite.
+# (about 1.5 hours: 8 runs of 3 to 21 minutes); see interop/celerysuite.
 celery-suite: services
 	.venv/bin/python interop/celerysuite/run.py
 
