@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -236,7 +237,9 @@ def test_events_seen_by_celery_receiver(env, tap):
     ok = flaskapp.add.delay(2, 3)
     bad = flaskapp.fail.delay("evt")
     retry = flaskapp.retry.delay(1)
-    expired = flaskapp.add.apply_async((1, 1), expires=0.001)
+    # Already expired when sent: a 1 ms expiry can still be in the future
+    # when a fast worker receives the message.
+    expired = flaskapp.add.apply_async((1, 1), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
     ok.get(timeout=TIMEOUT)
     bad.get(timeout=TIMEOUT, propagate=False)
     retry.get(timeout=TIMEOUT)
