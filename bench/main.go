@@ -532,6 +532,25 @@ func lastLines(s string, k int) string {
 
 func report(all []result, n, cores, conc, prefetch int) {
 	fmt.Printf("\n%d interop.add tasks per run, filled by Python Celery; %d cores; Go worker concurrency %d, prefetch %d\n\n", n, cores, conc, prefetch)
+	rate := printRows(all)
+	ratio := func(label, a, b string) {
+		if rate[a] > 0 && rate[b] > 0 {
+			fmt.Printf("%-44s %6.1fx\n", label, rate[a]/rate[b])
+		}
+	}
+	ratio("Go worker / Python prefork (no results)", "gocelery worker/none", "Python Celery prefork/none")
+	if a, b := rate["gocelery worker -E/none"], rate["gocelery worker/none"]; a > 0 && b > 0 {
+		fmt.Printf("%-44s %6.0f%%\n", "Go worker with task events (-E) / without", 100*a/b)
+	}
+	ratio("Go worker / Python prefork (Redis results)", "gocelery worker/redis", "Python Celery prefork/redis")
+	if r := rate["raw amqp091 consumer/none"]; r > 0 {
+		fmt.Printf("%-44s %6.0f%%\n", "Go worker / raw consumer (no results)", 100*rate["gocelery worker/none"]/r)
+	}
+}
+
+// printRows prints one line per run and returns the rates by
+// "name/results".
+func printRows(all []result) map[string]float64 {
 	fmt.Printf("%-24s %-8s %12s\n", "consumer", "results", "tasks/s")
 	rate := map[string]float64{}
 	for _, r := range all {
@@ -547,17 +566,5 @@ func report(all []result, n, cores, conc, prefetch int) {
 		fmt.Println()
 	}
 	fmt.Println()
-	ratio := func(label, a, b string) {
-		if rate[a] > 0 && rate[b] > 0 {
-			fmt.Printf("%-44s %6.1fx\n", label, rate[a]/rate[b])
-		}
-	}
-	ratio("Go worker / Python prefork (no results)", "gocelery worker/none", "Python Celery prefork/none")
-	if a, b := rate["gocelery worker -E/none"], rate["gocelery worker/none"]; a > 0 && b > 0 {
-		fmt.Printf("%-44s %6.0f%%\n", "Go worker with task events (-E) / without", 100*a/b)
-	}
-	ratio("Go worker / Python prefork (Redis results)", "gocelery worker/redis", "Python Celery prefork/redis")
-	if r := rate["raw amqp091 consumer/none"]; r > 0 {
-		fmt.Printf("%-44s %6.0f%%\n", "Go worker / raw consumer (no results)", 100*rate["gocelery worker/none"]/r)
-	}
+	return rate
 }

@@ -109,21 +109,7 @@ func drainBRPOP(ctx context.Context, rdb *redis.Client, q string, n int) (result
 // reportRedis prints the Redis rows and their ratios.
 func reportRedis(all []result, n int) {
 	fmt.Printf("\n%d interop.add tasks per run on the Redis broker, filled by Python Celery\n\n", n)
-	fmt.Printf("%-24s %-8s %12s\n", "consumer", "results", "tasks/s")
-	rate := map[string]float64{}
-	for _, r := range all {
-		res := "none"
-		if r.results {
-			res = "redis"
-		}
-		rate[r.name+"/"+res] = r.rate
-		fmt.Printf("%-24s %-8s %12.0f", r.name, res, r.rate)
-		if r.rssKB > 0 {
-			fmt.Printf("   peak RSS %.1f MB, CPU %.1f µs/task", float64(r.rssKB)/1024, float64(r.cpuPer.Nanoseconds())/1000)
-		}
-		fmt.Println()
-	}
-	fmt.Println()
+	rate := printRows(all)
 	if a, b := rate["gocelery worker/none"], rate["Python Celery prefork/none"]; a > 0 && b > 0 {
 		fmt.Printf("%-44s %6.1fx\n", "Go worker / Python prefork (no results)", a/b)
 	}
