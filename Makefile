@@ -27,7 +27,7 @@ gotest:
 # interop/python always contains tests, so pytest's exit 5 ("no tests
 # collected") cannot happen silently; it would fail the build.
 pytest:
-	.venv/bin/pytest -q interop/python
+	.venv/bin/pytest -q --durations=15 interop/python
 	# The broker-neutral suites again with Redis as broker (kombu's layout).
 	INTEROP_BROKER_URL=redis://127.0.0.1:6379/4 .venv/bin/pytest -q \
 		interop/python/test_go_worker.py interop/python/test_two_services.py \
