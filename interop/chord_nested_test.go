@@ -1,17 +1,14 @@
 package interop
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"reflect"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -218,54 +215,6 @@ func (s *sizeRecorder) SetChordSize(_ context.Context, gid string, n int) error 
 		s.sizes[gid] = n
 	}
 	return nil
-}
-
-// startPythonWorkerOn is startPythonWorker with its own result backend
-// and extra environment.
-func startPythonWorkerOn(t *testing.T, celery, brokerURL, backend, queue string, env []string) {
-	t.Helper()
-	cmd := exec.Command(celery, "-A", "pyinterop", "worker", "-P", "solo", "-Q", queue,
-		"-n", queue+"@interop", "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat")
-	cmd.Dir = "python"
-	cmd.Env = append(os.Environ(), "PYINTEROP_BROKER="+brokerURL, "PYINTEROP_BACKEND="+backend,
-		"PYINTEROP_QUEUE="+queue, "PYTHONUNBUFFERED=1")
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var log strings.Builder
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if strings.Contains(sc.Text(), "ready.") {
-				ready <- nil
-			}
-		}
-		ready <- errors.New("worker exited")
-	}()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("python worker log:\n%s", log.String())
-		}
-	})
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("python worker: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("python worker not ready in 60 s")
-	}
 }
 
 // A header member whose result is a group (Celery's "complex" header,

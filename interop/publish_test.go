@@ -120,14 +120,22 @@ func TestGoPublishesPythonRuns(t *testing.T) {
 }
 
 // startPythonWorker runs `celery -A pyinterop worker` on queue until the
-// test ends.
+// test ends, with the interop result backend.
 func startPythonWorker(t *testing.T, celery, brokerURL, queue string) {
+	t.Helper()
+	startPythonWorkerOn(t, celery, brokerURL, backendURL, queue, nil)
+}
+
+// startPythonWorkerOn runs `celery -A pyinterop worker` on queue, with
+// result backend backend and extra environment, until the test ends.
+func startPythonWorkerOn(t *testing.T, celery, brokerURL, backend, queue string, env []string) {
 	t.Helper()
 	cmd := exec.Command(celery, "-A", "pyinterop", "worker", "-P", "solo", "-Q", queue,
 		"-n", queue+"@interop", "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat")
 	cmd.Dir = "python"
-	cmd.Env = append(os.Environ(), "PYINTEROP_BROKER="+brokerURL, "PYINTEROP_BACKEND="+backendURL,
+	cmd.Env = append(os.Environ(), "PYINTEROP_BROKER="+brokerURL, "PYINTEROP_BACKEND="+backend,
 		"PYINTEROP_QUEUE="+queue, "PYTHONUNBUFFERED=1")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

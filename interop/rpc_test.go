@@ -1,15 +1,11 @@
 package interop
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -196,53 +192,6 @@ func startRPCGoWorker(t *testing.T, ctx context.Context, b rpcBroker, queue stri
 	})
 }
 
-// startRPCPythonWorker runs `celery -A pyinterop worker` with
-// result_backend="rpc://" on queue until the test ends.
-func startRPCPythonWorker(t *testing.T, celery, brokerURL, queue string) {
-	t.Helper()
-	cmd := exec.Command(celery, "-A", "pyinterop", "worker", "-P", "solo", "-Q", queue,
-		"-n", queue+"@interop", "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat")
-	cmd.Dir = "python"
-	cmd.Env = append(os.Environ(), "PYINTEROP_BROKER="+brokerURL, "PYINTEROP_BACKEND=rpc://",
-		"PYINTEROP_QUEUE="+queue, "PYTHONUNBUFFERED=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var log strings.Builder
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if strings.Contains(sc.Text(), "ready.") {
-				ready <- nil
-			}
-		}
-		ready <- errors.New("worker exited")
-	}()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("python worker log:\n%s", log.String())
-		}
-	})
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("python worker: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("python worker not ready in 60 s")
-	}
-}
-
 // deleteRPCQueues removes the test's task queues and their exchanges from
 // RabbitMQ (the reply queue is auto-delete).
 func deleteRPCQueues(url string, queues ...string) {
@@ -275,4 +224,11 @@ func flushRedisDB(t *testing.T, url string) {
 	if err := c.FlushDB(context.Background()).Err(); err != nil {
 		t.Errorf("flushing %s: %v", url, err)
 	}
+}
+
+// startRPCPythonWorker runs `celery -A pyinterop worker` with
+// result_backend="rpc://" on queue until the test ends.
+func startRPCPythonWorker(t *testing.T, celery, brokerURL, queue string) {
+	t.Helper()
+	startPythonWorkerOn(t, celery, brokerURL, "rpc://", queue, nil)
 }
