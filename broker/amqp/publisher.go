@@ -26,8 +26,9 @@ var ErrNacked = errors.New("amqp: message nacked by the broker")
 // alarm, a slow disk): the message may still be delivered. Publishing the
 // same message again (same exchange, routing key and correlation id, that
 // is Celery's task id) while its channel lives waits for that confirm
-// instead of sending a second copy; a retry is sent anew only once the
-// first was refused or its channel lost.
+// instead of sending a second copy, and one that comes after the confirm
+// (for up to confirmedMemory) succeeds without writing it again; a retry is
+// sent anew only once the first was refused or its channel lost.
 var ErrUnconfirmed = errors.New("amqp: publish not confirmed: the message may still be delivered")
 
 // publisher is the background component behind Publish: one channel in
@@ -88,9 +89,25 @@ type pubChannel struct {
 	closeErr *amqp.Error
 	errRead  bool
 	// unconfirmed holds the publishes written on this channel whose caller
-	// stopped waiting before the confirm, by pendingKey, until it comes.
-	unconfirmed map[string]*amqp.DeferredConfirmation
+	// stopped waiting before the confirm, by pendingKey: until the confirm
+	// comes, and when it is an ack for confirmedMemory after, so a retry
+	// that starts after the confirm (beat retries every second) does not
+	// write a second copy.
+	unconfirmed map[string]*doubt
 }
+
+// doubt is a publish whose caller gave up on its confirm.
+type doubt struct {
+	dc    *amqp.DeferredConfirmation
+	acked time.Time // when the confirm came as an ack; zero while due
+}
+
+// confirmedMemory is how long an in-doubt publish is remembered after
+// its ack, and maxDoubts bounds how many are remembered per channel.
+const (
+	confirmedMemory = 5 * time.Minute
+	maxDoubts       = 4096
+)
 
 // pendingKey names a message for matching a retry with a publish still
 // in doubt: where it goes and its correlation id (the task id of a Celery
@@ -102,30 +119,68 @@ func pendingKey(exchange, key string, m *amqp.Publishing) string {
 	return exchange + "\x00" + key + "\x00" + m.CorrelationId
 }
 
-// inDoubt returns the earlier publish of k still waiting for its confirm.
+// inDoubt returns the earlier publish of k whose caller gave up on its
+// confirm: still due, or acked less than confirmedMemory ago.
 func (pc *pubChannel) inDoubt(k string) *amqp.DeferredConfirmation {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	return pc.unconfirmed[k]
+	d := pc.unconfirmed[k]
+	if d == nil {
+		return nil
+	}
+	if !d.acked.IsZero() && time.Since(d.acked) > confirmedMemory {
+		delete(pc.unconfirmed, k)
+		return nil
+	}
+	return d.dc
 }
 
 // keepInDoubt remembers a publish whose caller gave up on the confirm,
-// until the confirm (or the channel's close) resolves it.
+// until the confirm (or the channel's close) resolves it, and an ack for
+// confirmedMemory more.
 func (pc *pubChannel) keepInDoubt(k string, dc *amqp.DeferredConfirmation) {
 	pc.mu.Lock()
 	if pc.unconfirmed == nil {
-		pc.unconfirmed = map[string]*amqp.DeferredConfirmation{}
+		pc.unconfirmed = map[string]*doubt{}
 	}
-	pc.unconfirmed[k] = dc
+	if len(pc.unconfirmed) >= maxDoubts {
+		pc.pruneDoubts()
+	}
+	d := &doubt{dc: dc}
+	pc.unconfirmed[k] = d
 	pc.mu.Unlock()
 	go func() {
 		<-dc.Done() // amqp091 resolves every pending confirm when the channel closes
 		pc.mu.Lock()
-		if pc.unconfirmed[k] == dc {
-			delete(pc.unconfirmed, k)
+		defer pc.mu.Unlock()
+		if pc.unconfirmed[k] != d {
+			return
 		}
-		pc.mu.Unlock()
+		if dc.Acked() {
+			d.acked = time.Now()
+			return
+		}
+		delete(pc.unconfirmed, k)
 	}()
+}
+
+// pruneDoubts makes room for one more entry: it drops the acks older than
+// confirmedMemory and, if that frees nothing, the oldest ack. Entries still
+// due stay (a retry must find them). Called with pc.mu held.
+func (pc *pubChannel) pruneDoubts() {
+	oldest, at := "", time.Time{}
+	for k, d := range pc.unconfirmed {
+		switch {
+		case d.acked.IsZero():
+		case time.Since(d.acked) > confirmedMemory:
+			delete(pc.unconfirmed, k)
+		case oldest == "" || d.acked.Before(at):
+			oldest, at = k, d.acked
+		}
+	}
+	if len(pc.unconfirmed) >= maxDoubts && oldest != "" {
+		delete(pc.unconfirmed, oldest)
+	}
 }
 
 // maxKeptReturns bounds the returns kept for matching. Each publisher
