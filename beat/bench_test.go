@@ -74,7 +74,7 @@ func benchLeader(b *testing.B, every, run time.Duration, publish bool) {
 	var delays []time.Duration
 	var sender Sender = &recordingSender{}
 	if publish {
-		br := redisbroker.New(rdb, 5, redisbroker.Options{KeyPrefix: prefix, Logger: slog.New(slog.DiscardHandler)})
+		br := redisbroker.New(rdb, 5, redisbroker.Config{KeyPrefix: prefix, Logger: slog.New(slog.DiscardHandler)})
 		defer br.Close()
 		sender = producer.New(br, nil, producer.Config{DefaultQueue: "bench"})
 	}

@@ -50,7 +50,7 @@ func TestRunSentOnceThroughPublisherStall(t *testing.T) {
 	rdb, prefix := testRedis(t)
 	queue := "beatstall_" + uuid.NewString()[:8]
 
-	b, err := amqp.Dial(ctx, stallAMQP, amqp.Options{})
+	b, err := amqp.Dial(ctx, stallAMQP, amqp.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,12 +24,12 @@ import (
 func chordBench(brokerURL, redisURL string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	b, err := worker.DialBroker(ctx, brokerURL, worker.DialOptions{})
+	b, err := worker.DialBroker(ctx, brokerURL, worker.DialConfig{})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	backend, err := results.OpenRedis(redisURL, results.Options{})
+	backend, err := results.OpenRedis(redisURL, results.Config{})
 	if err != nil {
 		return err
 	}

@@ -336,7 +336,7 @@ func deleteQueue(url, q string) {
 // deletes it.
 func goPublishRate(url string, n, workers int, opts ...producer.Option) (float64, error) {
 	ctx := context.Background()
-	b, err := worker.DialBroker(ctx, url, worker.DialOptions{})
+	b, err := worker.DialBroker(ctx, url, worker.DialConfig{})
 	if err != nil {
 		return 0, err
 	}

@@ -44,12 +44,12 @@ func TestChordJoinSurvivesBackendDrops(t *testing.T) {
 			proxied := "redis://" + proxy.addr + "/13"
 			queue := "chordfault_" + uuid.NewString()[:8]
 			// Closed by t.Cleanup, after the worker stops.
-			b, err := amqp.Dial(ctx, url, amqp.Options{})
+			b, err := amqp.Dial(ctx, url, amqp.Config{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { b.Close() })
-			direct, err := results.OpenRedis(nestedBackendURL, results.Options{})
+			direct, err := results.OpenRedis(nestedBackendURL, results.Config{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,7 +57,7 @@ func TestChordJoinSurvivesBackendDrops(t *testing.T) {
 			if w.python {
 				startPythonWorkerOn(t, celery, url, proxied, queue, nil)
 			} else {
-				wb, err := results.OpenRedis(proxied, results.Options{})
+				wb, err := results.OpenRedis(proxied, results.Config{})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -40,12 +40,12 @@ func TestGoNestedChord(t *testing.T) {
 	pyq := "gonested_py_" + uuid.NewString()[:8]
 	goq := "gonested_go_" + uuid.NewString()[:8]
 	startPythonWorkerOn(t, celery, url, nestedBackendURL, pyq, nil)
-	b, err := amqp.Dial(ctx, url, amqp.Options{})
+	b, err := amqp.Dial(ctx, url, amqp.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() }) // after the worker stops
-	backend, err := results.OpenRedis(nestedBackendURL, results.Options{})
+	backend, err := results.OpenRedis(nestedBackendURL, results.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

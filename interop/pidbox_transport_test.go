@@ -47,10 +47,10 @@ func TestPidboxTransport(t *testing.T) {
 		dial      func(ctx context.Context, url string) (pidboxTransport, error)
 	}{
 		{"amqp", "amqp://guest:guest@127.0.0.1:5672//", func(ctx context.Context, url string) (pidboxTransport, error) {
-			return amqp.Dial(ctx, url, amqp.Options{})
+			return amqp.Dial(ctx, url, amqp.Config{})
 		}},
 		{"redis", "redis://127.0.0.1:6379/7", func(ctx context.Context, url string) (pidboxTransport, error) {
-			return redis.Dial(ctx, url, redis.Options{})
+			return redis.Dial(ctx, url, redis.Config{})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

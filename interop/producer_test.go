@@ -26,14 +26,14 @@ type producerBroker struct {
 func producerBrokers() []producerBroker {
 	return []producerBroker{
 		{"amqp", "amqp://guest:guest@127.0.0.1:5672//", func(ctx context.Context, url string) (producer.Broker, func(), error) {
-			b, err := amqp.Dial(ctx, url, amqp.Options{})
+			b, err := amqp.Dial(ctx, url, amqp.Config{})
 			if err != nil {
 				return nil, nil, err
 			}
 			return b, func() { b.Close() }, nil
 		}},
 		{"redis", "redis://127.0.0.1:6379/4", func(ctx context.Context, url string) (producer.Broker, func(), error) {
-			b, err := redis.Dial(ctx, url, redis.Options{})
+			b, err := redis.Dial(ctx, url, redis.Config{})
 			if err != nil {
 				return nil, nil, err
 			}
@@ -52,7 +52,7 @@ func (tc producerBroker) open(t *testing.T, ctx context.Context, celery, queue s
 		t.Fatal(err)
 	}
 	t.Cleanup(closeBroker)
-	backend, err := results.OpenRedis(backendURL, results.Options{})
+	backend, err := results.OpenRedis(backendURL, results.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

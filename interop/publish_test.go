@@ -53,10 +53,10 @@ func TestGoPublishesPythonRuns(t *testing.T) {
 		dial      func(ctx context.Context, url string) (publisher, error)
 	}{
 		{"amqp", "amqp://guest:guest@127.0.0.1:5672//", func(ctx context.Context, url string) (publisher, error) {
-			return amqp.Dial(ctx, url, amqp.Options{})
+			return amqp.Dial(ctx, url, amqp.Config{})
 		}},
 		{"redis", "redis://127.0.0.1:6379/4", func(ctx context.Context, url string) (publisher, error) {
-			return redis.Dial(ctx, url, redis.Options{})
+			return redis.Dial(ctx, url, redis.Config{})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,7 +69,7 @@ func TestGoPublishesPythonRuns(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer b.Close()
-			backend, err := results.OpenRedis(backendURL, results.Options{})
+			backend, err := results.OpenRedis(backendURL, results.Config{})
 			if err != nil {
 				t.Fatal(err)
 			}

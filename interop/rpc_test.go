@@ -39,11 +39,11 @@ func TestGoProducerRPCResults(t *testing.T) {
 		dial      func(ctx context.Context, url string) (rpcBroker, error)
 	}{
 		{"amqp", "amqp://guest:guest@127.0.0.1:5672//", func(ctx context.Context, url string) (rpcBroker, error) {
-			return amqp.Dial(ctx, url, amqp.Options{})
+			return amqp.Dial(ctx, url, amqp.Config{})
 		}},
 		// DB 6 is this test's.
 		{"redis", "redis://127.0.0.1:6379/6", func(ctx context.Context, url string) (rpcBroker, error) {
-			return redis.Dial(ctx, url, redis.Options{})
+			return redis.Dial(ctx, url, redis.Config{})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,7 +59,7 @@ func TestGoProducerRPCResults(t *testing.T) {
 			}
 			// The reply queue has a connection of its own, as in Celery.
 			pub, replies := dial(), dial()
-			rq, err := results.OpenReplyQueue(ctx, replies, results.ReplyQueueOptions{})
+			rq, err := results.OpenReplyQueue(ctx, replies, results.ReplyQueueConfig{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -171,7 +171,7 @@ func startRPCGoWorker(t *testing.T, ctx context.Context, b rpcBroker, queue stri
 	t.Helper()
 	mux := consumer.NewMux()
 	tasks.Register(mux, nil)
-	backend := results.NewRPC(b, results.RPCOptions{})
+	backend := results.NewRPC(b, results.RPCConfig{})
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	w, err := consumer.New(b, backend, mux, consumer.Config{
 		Queues: []broker.Queue{{Name: queue}}, DefaultQueue: queue, Concurrency: 4, TrackStarted: true,

@@ -25,10 +25,10 @@ func BenchmarkObserveTask(b *testing.B) {
 	}
 	benchmarks := []struct {
 		name string
-		opts Options
+		opts Config
 	}{
-		{"registered", Options{Tasks: tasks}},
-		{"capped", Options{MaxTasks: 100}},
+		{"registered", Config{Tasks: tasks}},
+		{"capped", Config{MaxTasks: 100}},
 	}
 	for _, bm := range benchmarks {
 		b.Run(bm.name, func(b *testing.B) {

@@ -34,8 +34,8 @@
 //
 // The task label is the registered task name (Message.Task, never the
 // shadow name). Task names arrive from the network, so the label is
-// bounded: with Options.Tasks only those names get a series of their own,
-// otherwise the first Options.MaxTasks names do; every other name is
+// bounded: with Config.Tasks only those names get a series of their own,
+// otherwise the first Config.MaxTasks names do; every other name is
 // counted under task="other" (OtherTask).
 //
 // Queue wait is measured on task-started as the event's Time minus the
@@ -56,10 +56,10 @@ import (
 )
 
 // OtherTask is the task label of task names past the cardinality cap or
-// outside Options.Tasks.
+// outside Config.Tasks.
 const OtherTask = "other"
 
-// DefaultMaxTasks is the cap on distinct task labels when Options.Tasks
+// DefaultMaxTasks is the cap on distinct task labels when Config.Tasks
 // is empty.
 const DefaultMaxTasks = 100
 
@@ -79,8 +79,8 @@ var QueueWaitBuckets = []float64{
 	0.0001, 0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600,
 }
 
-// Options configures a Collector.
-type Options struct {
+// Config configures a Collector.
+type Config struct {
 	// Tasks, when set, are the only task names with series of their own,
 	// usually mux.Names(); they are created at zero up front, so a task
 	// that never ran still shows on dashboards.
@@ -124,7 +124,7 @@ type Collector struct {
 	// most MaxTasks times.
 	series   atomic.Pointer[map[string]*taskSeries]
 	mu       sync.Mutex // serializes writers of series
-	fixed    bool       // Options.Tasks was given: no names are added later
+	fixed    bool       // Config.Tasks was given: no names are added later
 	maxTasks int
 	other    *taskSeries
 
@@ -144,7 +144,7 @@ type watched struct {
 }
 
 // NewCollector returns a collector with its own registry.
-func NewCollector(opts Options) *Collector {
+func NewCollector(opts Config) *Collector {
 	c := &Collector{reg: prometheus.NewRegistry(), log: opts.Logger, maxTasks: opts.MaxTasks}
 	if c.log == nil {
 		c.log = slog.Default()

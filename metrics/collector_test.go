@@ -59,7 +59,7 @@ func series(t *testing.T, c *Collector, name, task string) *dto.Metric {
 }
 
 func TestObserveTaskCounters(t *testing.T) {
-	c := NewCollector(Options{Tasks: []string{"proj.add", "proj.slow"}})
+	c := NewCollector(Config{Tasks: []string{"proj.add", "proj.slow"}})
 	for _, e := range []*consumer.TaskEvent{
 		event(consumer.TaskReceived, "proj.add", 0, 0),
 		event(consumer.TaskStarted, "proj.add", time.Millisecond, 0),
@@ -166,7 +166,7 @@ func TestObserveTaskHistograms(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := NewCollector(Options{Tasks: []string{"t"}})
+			c := NewCollector(Config{Tasks: []string{"t"}})
 			for _, e := range tt.events {
 				c.ObserveTask(e)
 			}
@@ -204,35 +204,35 @@ func TestTaskLabelCardinality(t *testing.T) {
 	}
 	tests := []struct {
 		name      string
-		opts      Options
+		opts      Config
 		feed      []string
 		wantTasks []string // labels of gocelery_tasks_failed_total, sorted
 		wantOther float64
 	}{
 		{
 			name:      "registered names only",
-			opts:      Options{Tasks: []string{"proj.a", "proj.b", "proj.a"}},
+			opts:      Config{Tasks: []string{"proj.a", "proj.b", "proj.a"}},
 			feed:      append([]string{"proj.a", "proj.b"}, names...),
 			wantTasks: []string{"other", "proj.a", "proj.b"},
 			wantOther: 500,
 		},
 		{
 			name:      "first MaxTasks names, then other",
-			opts:      Options{MaxTasks: 3},
+			opts:      Config{MaxTasks: 3},
 			feed:      append([]string{"x", "y", "x"}, names...),
 			wantTasks: []string{"attacker.task0", "other", "x", "y"},
 			wantOther: 499,
 		},
 		{
 			name:      "default cap",
-			opts:      Options{},
+			opts:      Config{},
 			feed:      names,
 			wantTasks: nil, // checked by count below
 			wantOther: 500 - DefaultMaxTasks,
 		},
 		{
 			name:      "a task literally named other shares the bucket",
-			opts:      Options{MaxTasks: 1},
+			opts:      Config{MaxTasks: 1},
 			feed:      []string{OtherTask, "a", "b"},
 			wantTasks: []string{"a", "other"},
 			wantOther: 2,
@@ -373,7 +373,7 @@ gocelery_worker_reserved_tasks 0
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := NewCollector(Options{})
+			c := NewCollector(Config{})
 			if tt.worker != nil || tt.broker != nil {
 				c.Watch(tt.worker, tt.broker)
 			}
@@ -387,7 +387,7 @@ gocelery_worker_reserved_tasks 0
 // TestConcurrentObserveAndScrape is for the race detector: events for new
 // and known names while scraping and re-watching.
 func TestConcurrentObserveAndScrape(t *testing.T) {
-	c := NewCollector(Options{MaxTasks: 20})
+	c := NewCollector(Config{MaxTasks: 20})
 	w, b := &fakeWorker{consuming: true}, &fakeBroker{connected: true}
 	var wg sync.WaitGroup
 	for g := range 8 {

@@ -18,7 +18,7 @@ import (
 // registered are counted under task="other", so a stray producer cannot
 // grow the number of series.
 func ExampleCollector() {
-	c := metrics.NewCollector(metrics.Options{Tasks: []string{"proj.add"}}) // in a worker: mux.Names()
+	c := metrics.NewCollector(metrics.Config{Tasks: []string{"proj.add"}}) // in a worker: mux.Names()
 	// In a worker: consumer.New(b, backend, mux, consumer.Config{Observers: []consumer.Observer{c}}),
 	// then c.Watch(w, b) and metrics.NewServer(addr, c.Handler(), log).Run(ctx).
 

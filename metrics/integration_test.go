@@ -56,7 +56,7 @@ func TestWorkerOnRedis(t *testing.T) {
 		}
 	}()
 
-	b, err := redis.Dial(ctx, "redis://"+redisAddr()+"/"+testDB, redis.Options{Logger: log})
+	b, err := redis.Dial(ctx, "redis://"+redisAddr()+"/"+testDB, redis.Config{Logger: log})
 	if err != nil {
 		t.Fatalf("Dial: %v (is Redis up? scripts/services.sh starts it)", err)
 	}
@@ -72,7 +72,7 @@ func TestWorkerOnRedis(t *testing.T) {
 		return nil, errors.New("boom")
 	})
 
-	c := metrics.NewCollector(metrics.Options{Tasks: mux.Names(), Logger: log})
+	c := metrics.NewCollector(metrics.Config{Tasks: mux.Names(), Logger: log})
 	w, err := consumer.New(b, nil, mux, consumer.Config{
 		Queues: []broker.Queue{{Name: queue}}, Concurrency: 2, Observers: []consumer.Observer{c}, Logger: log,
 	})

@@ -38,7 +38,7 @@ func TestHealthz(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := NewCollector(Options{})
+			c := NewCollector(Config{})
 			if tt.watch {
 				var b BrokerHealth
 				if tt.broker != nil {
@@ -67,7 +67,7 @@ func TestHealthz(t *testing.T) {
 // TestHealthzFollowsState flips the broker and the worker under one
 // watch: /healthz reads them on every request.
 func TestHealthzFollowsState(t *testing.T) {
-	c := NewCollector(Options{})
+	c := NewCollector(Config{})
 	w, b := &fakeWorker{consuming: true}, &fakeBroker{connected: true}
 	c.Watch(w, b)
 	h := c.Handler()
@@ -92,7 +92,7 @@ func TestHealthzFollowsState(t *testing.T) {
 }
 
 func TestServerServesAndShutsDown(t *testing.T) {
-	c := NewCollector(Options{Tasks: []string{"proj.add"}})
+	c := NewCollector(Config{Tasks: []string{"proj.add"}})
 	c.Watch(&fakeWorker{consuming: true}, &fakeBroker{connected: true})
 	c.ObserveTask(event(consumer.TaskSucceeded, "proj.add", 0, time.Millisecond))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,7 +15,7 @@ import (
 // lost: the retry with the same token completes the chord; another
 // caller (a new token, or a Python worker) does not.
 func TestChordPartRetryKeepsClaim(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	gid := "chord-retry-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := r.SetChordSize(ctx, gid, 2); err != nil {
@@ -55,12 +55,12 @@ func TestChordPartRetryKeepsClaim(t *testing.T) {
 // (retrying it gets the same answer).
 func TestChordUnavailable(t *testing.T) {
 	ctx := ctxTimeout(t, 10*time.Second)
-	down := results.NewRedis(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), results.Options{})
+	down := results.NewRedis(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), results.Config{})
 	_, err := down.ChordPartReturn(ctx, results.ChordPart{GroupID: "g", TaskID: "t", State: results.Success})
 	if !errors.Is(err, results.ErrUnavailable) {
 		t.Errorf("connection refused: %v, want ErrUnavailable", err)
 	}
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	gid := "chord-wrongtype-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := c.Set(ctx, r.GroupKey(gid)+".j", "not a sorted set", time.Minute).Err(); err != nil {
 		t.Fatal(err)

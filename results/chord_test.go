@@ -17,7 +17,7 @@ func intp(i int) *int { return &i }
 // completes the chord, with the results in group index order, and late
 // duplicates after the cleanup are no-ops.
 func TestChordPartReturn(t *testing.T) {
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 20*time.Second)
 	const n = 50
 	gid := "chord-" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -89,7 +89,7 @@ func TestChordPartReturn(t *testing.T) {
 
 // A failed header task makes the join's Err Celery's ChordError.
 func TestChordPartReturnFailure(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	gid := "chordfail-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := r.SetChordSize(ctx, gid, 2); err != nil {
@@ -116,7 +116,7 @@ func TestChordPartReturnFailure(t *testing.T) {
 // BenchmarkChordPartReturn is the join's cost per header task: one Lua
 // call (the last part also reads the results back).
 func BenchmarkChordPartReturn(b *testing.B) {
-	r, _ := newBackend(b, results.Options{})
+	r, _ := newBackend(b, results.Config{})
 	ctx := context.Background()
 	const size = 1000
 	var gid string

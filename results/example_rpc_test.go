@@ -20,12 +20,12 @@ func ExampleReplyQueue() {
 	const url = "amqp://guest:guest@127.0.0.1:5672//"
 
 	// The client: a connection of its own for the reply queue.
-	conn, err := amqp.Dial(ctx, url, amqp.Options{})
+	conn, err := amqp.Dial(ctx, url, amqp.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer conn.Close()
-	replies, err := results.OpenReplyQueue(ctx, conn, results.ReplyQueueOptions{})
+	replies, err := results.OpenReplyQueue(ctx, conn, results.ReplyQueueConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -33,12 +33,12 @@ func ExampleReplyQueue() {
 
 	// The worker side: the states of a task whose message said
 	// reply_to=replies.ReplyTo().
-	wb, err := amqp.Dial(ctx, url, amqp.Options{})
+	wb, err := amqp.Dial(ctx, url, amqp.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer wb.Close()
-	backend := results.NewRPC(wb, results.RPCOptions{})
+	backend := results.NewRPC(wb, results.RPCConfig{})
 	for _, m := range []*results.Meta{
 		{TaskID: "example-rpc", Status: "PROGRESS", Result: map[string]any{"done": 1}},
 		{TaskID: "example-rpc", Status: results.Success, Result: int64(42)},

@@ -14,7 +14,7 @@ import (
 // Python's AsyncResult(id).get() reads the same keys.
 func Example() {
 	ctx := context.Background()
-	backend, err := results.OpenRedis("redis://127.0.0.1:6379/12", results.Options{
+	backend, err := results.OpenRedis("redis://127.0.0.1:6379/12", results.Config{
 		KeyPrefix: "gocelery-example", // keys: gocelery-example_celery-task-meta-<id>
 		Expires:   time.Minute,
 	})

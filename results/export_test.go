@@ -76,8 +76,8 @@ func TestExportResults(t *testing.T) {
 		prefix = "gocelery-test-" + randomHex(t) + ":"
 		t.Cleanup(func() { deleteMatching(t, c, prefix+"*") })
 	}
-	plain := results.NewRedis(c, results.Options{KeyPrefix: prefix})
-	gzip := results.NewRedis(c, results.Options{KeyPrefix: prefix, Compression: "gzip"})
+	plain := results.NewRedis(c, results.Config{KeyPrefix: prefix})
+	gzip := results.NewRedis(c, results.Config{KeyPrefix: prefix, Compression: "gzip"})
 	ctx := ctxTimeout(t, 20*time.Second)
 
 	for _, tc := range exportCases() {

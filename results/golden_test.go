@@ -113,7 +113,7 @@ func TestGoldenStore(t *testing.T) {
 	for _, tc := range goldenCases(t) {
 		t.Run(tc.file, func(t *testing.T) {
 			f := loadFixture(t, tc.file)
-			r, c := newBackend(t, results.Options{})
+			r, c := newBackend(t, results.Config{})
 			ctx := ctxTimeout(t, 10*time.Second)
 			m := *tc.meta
 			if err := r.Store(ctx, &m); err != nil {
@@ -170,7 +170,7 @@ func TestGoldenDecode(t *testing.T) {
 // TestGoldenSaveGroup checks GroupResult.save()'s captured value.
 func TestGoldenSaveGroup(t *testing.T) {
 	f := loadFixture(t, "result-grp-x-group.json")
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	ids := []string{"be794b0a-e473-46c8-9ad9-89476ec64a43", "6764eb1e-bed2-49fe-9ef1-d073fc4e6f4c"}
 	if err := r.SaveGroup(ctx, "grp-x", ids); err != nil {
@@ -277,7 +277,7 @@ func TestEncodeCycle(t *testing.T) {
 	if _, err := m.Encode(); err == nil {
 		t.Fatal("Encode of a cyclic value succeeded")
 	}
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	if err := r.Store(context.Background(), &m); err == nil {
 		t.Fatal("Store of a cyclic value succeeded")
 	}

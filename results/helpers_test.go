@@ -68,7 +68,7 @@ func deleteMatching(t testing.TB, c redis.UniversalClient, pattern string) {
 
 // newBackend returns a backend on testDB whose keys live under a fresh
 // prefix (opts.KeyPrefix is replaced), deleted when the test ends.
-func newBackend(t testing.TB, opts results.Options) (*results.Redis, *redis.Client) {
+func newBackend(t testing.TB, opts results.Config) (*results.Redis, *redis.Client) {
 	t.Helper()
 	c := newClient(t, testDB)
 	opts.KeyPrefix = "gocelery-test-" + randomHex(t) + ":"

@@ -39,15 +39,15 @@ const (
 // maxValueSize is Redis's string limit, checked by Celery before writing.
 const maxValueSize = 512 << 20
 
-// Defaults for zero Options fields.
+// Defaults for zero Config fields.
 const (
 	defaultExpires = 24 * time.Hour
 	defaultRecheck = 5 * time.Second
 )
 
-// Options mirror the Celery settings that change what the backend writes.
+// Config mirror the Celery settings that change what the backend writes.
 // Both sides must agree on KeyPrefix; the others only affect the writer.
-type Options struct {
+type Config struct {
 	// KeyPrefix is result_backend_transport_options["global_keyprefix"].
 	// Like Celery, "_" is appended unless it already ends in one of
 	// ":", "_", "-" or ".".
@@ -90,10 +90,10 @@ type Redis struct {
 
 // NewRedis returns a backend using client. The caller keeps ownership of
 // client: Close does not close it, so it can be shared with a broker.
-// An unknown Options.Compression is ignored with no compression, as Celery
+// An unknown Config.Compression is ignored with no compression, as Celery
 // only warns for backends that cannot compress; use OpenRedis or
 // protocol.CompressionType to validate it first.
-func NewRedis(client redis.UniversalClient, opts Options) *Redis {
+func NewRedis(client redis.UniversalClient, opts Config) *Redis {
 	r := &Redis{
 		client:  client,
 		expires: ttl(opts.Expires, defaultExpires),
@@ -119,7 +119,7 @@ func NewRedis(client redis.UniversalClient, opts Options) *Redis {
 	return r
 }
 
-// ttl resolves an Options duration: 0 is def, negative is no expiry (0),
+// ttl resolves a Config duration: 0 is def, negative is no expiry (0),
 // others are whole seconds, at least one.
 func ttl(d, def time.Duration) time.Duration {
 	switch {
@@ -143,7 +143,7 @@ func ttl(d, def time.Duration) time.Duration {
 // go-redis's failover client, with opts.TransportOptions["master_name"]
 // (required) and the other options redisurl.ParseSentinel reads. The
 // returned backend owns the connection: Close closes it.
-func OpenRedis(rawURL string, opts Options) (*Redis, error) {
+func OpenRedis(rawURL string, opts Config) (*Redis, error) {
 	if opts.Compression != "" {
 		if _, ok := protocol.CompressionType(opts.Compression); !ok {
 			return nil, fmt.Errorf("results: unknown result compression %q: %w", opts.Compression, protocol.ErrUnsupportedCompression)
@@ -343,7 +343,7 @@ func (r *Redis) Forget(ctx context.Context, taskID string) error {
 // (see Meta.Err). Like Celery's client it subscribes to the key's channel
 // first and then reads the key once, so a state stored in between is not
 // missed; after that it waits for messages, re-reading the key every
-// Options.RecheckInterval in case one was lost. It returns ctx.Err() when
+// Config.RecheckInterval in case one was lost. It returns ctx.Err() when
 // ctx ends first.
 func (r *Redis) Wait(ctx context.Context, taskID string) (*Meta, error) {
 	if taskID == "" {

@@ -14,7 +14,7 @@ import (
 )
 
 func TestStoreNeverOverwritesSuccess(t *testing.T) {
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	if err := r.Store(ctx, &results.Meta{TaskID: "dup", Status: results.Success, Result: "first"}); err != nil {
 		t.Fatal(err)
@@ -44,7 +44,7 @@ func TestStoreNeverOverwritesSuccess(t *testing.T) {
 }
 
 func TestStoreOverwritesUnreadyStates(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	for _, status := range []string{results.Started, "PROGRESS", results.Retry, results.Failure, results.Success} {
 		if err := r.Store(ctx, &results.Meta{TaskID: "seq", Status: status, Result: errors.New("x")}); err != nil {
@@ -63,7 +63,7 @@ func TestStoreOverwritesUnreadyStates(t *testing.T) {
 // TestStorePublishes checks the PUBLISH on the key's channel carries the
 // stored bytes, which is what Celery's result consumer listens for.
 func TestStorePublishes(t *testing.T) {
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	key := r.TaskKey("pub")
 	sub := c.Subscribe(ctx, key)
@@ -93,7 +93,7 @@ func TestStorePublishes(t *testing.T) {
 }
 
 func TestGetMissingIsPending(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	m, err := r.Get(ctxTimeout(t, 10*time.Second), "never-sent")
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func TestExceptionRoundTrip(t *testing.T) {
 		{"no message", results.Failure, &results.Exception{Type: "Timeout", Module: "go"},
 			&results.Exception{Type: "Timeout", Message: []any{}, Module: "go"}},
 	}
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,7 +158,7 @@ func TestExceptionRoundTrip(t *testing.T) {
 }
 
 func TestRoundTripFields(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	done := time.Date(2030, 5, 6, 7, 8, 9, 123456000, time.UTC)
 	in := &results.Meta{TaskID: "full", Status: results.Success,
@@ -210,7 +210,7 @@ func TestKeyPrefix(t *testing.T) {
 	ctx := ctxTimeout(t, 10*time.Second)
 	for _, tc := range tests {
 		t.Run(tc.prefix, func(t *testing.T) {
-			r := results.NewRedis(c, results.Options{KeyPrefix: tc.prefix})
+			r := results.NewRedis(c, results.Config{KeyPrefix: tc.prefix})
 			if got := r.TaskKey("ID"); got != tc.wantTask {
 				t.Errorf("TaskKey = %q, want %q", got, tc.wantTask)
 			}
@@ -234,19 +234,19 @@ func TestKeyPrefix(t *testing.T) {
 func TestExpires(t *testing.T) {
 	tests := []struct {
 		name    string
-		opts    results.Options
+		opts    results.Config
 		status  string
 		wantTTL int // seconds; -1 means no expiry
 	}{
-		{"default", results.Options{}, results.Success, 86400},
-		{"custom", results.Options{Expires: 90 * time.Second}, results.Success, 90},
-		{"truncated to seconds", results.Options{Expires: 90*time.Second + 900*time.Millisecond}, results.Started, 90},
-		{"sub-second", results.Options{Expires: time.Millisecond}, results.Success, 1},
-		{"never", results.Options{Expires: -1}, results.Success, -1},
-		{"failure follows expires", results.Options{Expires: 60 * time.Second}, results.Failure, 60},
-		{"failure expires", results.Options{Expires: 60 * time.Second, FailureExpires: 600 * time.Second}, results.Failure, 600},
-		{"failure expires only failures", results.Options{Expires: 60 * time.Second, FailureExpires: 600 * time.Second}, results.Revoked, 60},
-		{"failure never", results.Options{FailureExpires: -1}, results.Failure, -1},
+		{"default", results.Config{}, results.Success, 86400},
+		{"custom", results.Config{Expires: 90 * time.Second}, results.Success, 90},
+		{"truncated to seconds", results.Config{Expires: 90*time.Second + 900*time.Millisecond}, results.Started, 90},
+		{"sub-second", results.Config{Expires: time.Millisecond}, results.Success, 1},
+		{"never", results.Config{Expires: -1}, results.Success, -1},
+		{"failure follows expires", results.Config{Expires: 60 * time.Second}, results.Failure, 60},
+		{"failure expires", results.Config{Expires: 60 * time.Second, FailureExpires: 600 * time.Second}, results.Failure, 600},
+		{"failure expires only failures", results.Config{Expires: 60 * time.Second, FailureExpires: 600 * time.Second}, results.Revoked, 60},
+		{"failure never", results.Config{FailureExpires: -1}, results.Failure, -1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -268,7 +268,7 @@ func TestExpires(t *testing.T) {
 }
 
 func TestStoreSetsDateDone(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	before := time.Now()
 	m := &results.Meta{TaskID: "d", Status: results.Success}
@@ -295,7 +295,7 @@ func TestStoreSetsDateDone(t *testing.T) {
 }
 
 func TestStoreErrors(t *testing.T) {
-	r, _ := newBackend(t, results.Options{})
+	r, _ := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	tests := []struct {
 		name string
@@ -319,7 +319,7 @@ func TestStoreErrors(t *testing.T) {
 }
 
 func TestGetMalformed(t *testing.T) {
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	for _, raw := range []string{"not json", `["a list"]`, `{"result": 1}`, `{"status": "SUCCESS", "date_done": "yesterday"}`} {
 		if err := c.Set(ctx, r.TaskKey("bad"), raw, time.Minute).Err(); err != nil {
@@ -342,7 +342,7 @@ func TestGetMalformed(t *testing.T) {
 }
 
 func TestForget(t *testing.T) {
-	r, c := newBackend(t, results.Options{})
+	r, c := newBackend(t, results.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	if err := r.Store(ctx, &results.Meta{TaskID: "f", Status: results.Success}); err != nil {
 		t.Fatal(err)
@@ -361,7 +361,7 @@ func TestForget(t *testing.T) {
 func TestCompression(t *testing.T) {
 	for _, name := range []string{"gzip", "bzip2", "lzma", "brotli", "zstd"} {
 		t.Run(name, func(t *testing.T) {
-			r, c := newBackend(t, results.Options{Compression: name})
+			r, c := newBackend(t, results.Config{Compression: name})
 			ctx := ctxTimeout(t, 10*time.Second)
 			in := &results.Meta{TaskID: "z", Status: results.Success, Result: strings.Repeat("x", 1000)}
 			if err := r.Store(ctx, in); err != nil {
@@ -408,11 +408,11 @@ func TestDecodeMsgpack(t *testing.T) {
 func TestSetChordSize(t *testing.T) {
 	tests := []struct {
 		name    string
-		opts    results.Options
+		opts    results.Config
 		wantTTL int
 	}{
-		{"default expiry", results.Options{}, 86400},
-		{"no expiry", results.Options{Expires: -1}, -1},
+		{"default expiry", results.Config{}, 86400},
+		{"no expiry", results.Config{Expires: -1}, -1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -463,7 +463,7 @@ func TestOpenRedis(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.url, func(t *testing.T) {
-			r, err := results.OpenRedis(tc.url, results.Options{})
+			r, err := results.OpenRedis(tc.url, results.Config{})
 			if tc.wantErr {
 				if err == nil {
 					r.Close()
@@ -482,7 +482,7 @@ func TestOpenRedis(t *testing.T) {
 			}
 		})
 	}
-	if _, err := results.OpenRedis("redis://127.0.0.1", results.Options{Compression: "rar"}); !errors.Is(err, protocol.ErrUnsupportedCompression) {
+	if _, err := results.OpenRedis("redis://127.0.0.1", results.Config{Compression: "rar"}); !errors.Is(err, protocol.ErrUnsupportedCompression) {
 		t.Errorf("unknown compression: err = %v", err)
 	}
 }
@@ -490,7 +490,7 @@ func TestOpenRedis(t *testing.T) {
 // TestOpenRedisOwnsClient checks Close closes a client OpenRedis made and
 // leaves a caller's client alone.
 func TestOpenRedisOwnsClient(t *testing.T) {
-	r, err := results.OpenRedis("redis://"+redisAddr()+"/"+itoa(testDB), results.Options{})
+	r, err := results.OpenRedis("redis://"+redisAddr()+"/"+itoa(testDB), results.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +505,7 @@ func TestOpenRedisOwnsClient(t *testing.T) {
 		t.Errorf("after Close, Ping = %v, want redis.ErrClosed", err)
 	}
 	shared := newClient(t, testDB)
-	if err := results.NewRedis(shared, results.Options{}).Close(); err != nil {
+	if err := results.NewRedis(shared, results.Config{}).Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := shared.Ping(ctx).Err(); err != nil {

@@ -29,8 +29,8 @@ type ReplyBroker interface {
 	Consume(ctx context.Context, queues []broker.Queue, prefetch int) (<-chan *broker.Delivery, error)
 }
 
-// ReplyQueueOptions configure a ReplyQueue.
-type ReplyQueueOptions struct {
+// ReplyQueueConfig configure a ReplyQueue.
+type ReplyQueueConfig struct {
 	// Name is the queue's name, the reply_to of the tasks sent with it;
 	// "" means a new UUID (Celery uses the app's oid, a UUID too).
 	Name string
@@ -76,7 +76,7 @@ type ReplyQueue struct {
 
 // OpenReplyQueue declares the reply queue on b and starts consuming it;
 // ctx bounds the declaration only. Close stops it.
-func OpenReplyQueue(ctx context.Context, b ReplyBroker, opts ReplyQueueOptions) (*ReplyQueue, error) {
+func OpenReplyQueue(ctx context.Context, b ReplyBroker, opts ReplyQueueConfig) (*ReplyQueue, error) {
 	if opts.Name == "" {
 		opts.Name = uuid.NewString()
 	}

@@ -15,9 +15,9 @@ type Publisher interface {
 	Publish(ctx context.Context, p broker.Publishing) error
 }
 
-// RPCOptions mirror the Celery settings of the rpc:// backend that change
+// RPCConfig mirror the Celery settings of the rpc:// backend that change
 // what a worker publishes.
-type RPCOptions struct {
+type RPCConfig struct {
 	// Persistent is result_persistent: states are published with
 	// delivery_mode 2, so a durable reply queue keeps them across a
 	// broker restart. Celery's default is false (delivery_mode 1).
@@ -41,7 +41,7 @@ type RPC struct {
 
 // NewRPC returns an rpc:// backend publishing on pub, usually the worker's
 // own broker connection (Celery publishes results from its producer pool).
-func NewRPC(pub Publisher, opts RPCOptions) *RPC {
+func NewRPC(pub Publisher, opts RPCConfig) *RPC {
 	mode := 1
 	if opts.Persistent {
 		mode = 2

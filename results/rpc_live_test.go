@@ -37,7 +37,7 @@ func rpcTransports(t *testing.T) []struct {
 		dial func(t *testing.T) rpcTransport
 	}{
 		{"amqp", func(t *testing.T) rpcTransport {
-			b, err := amqp.Dial(context.Background(), "amqp://guest:guest@127.0.0.1:5672//", amqp.Options{})
+			b, err := amqp.Dial(context.Background(), "amqp://guest:guest@127.0.0.1:5672//", amqp.Config{})
 			if err != nil {
 				t.Fatalf("RabbitMQ: %v", err)
 			}
@@ -45,7 +45,7 @@ func rpcTransports(t *testing.T) []struct {
 			return b
 		}},
 		{"redis", func(t *testing.T) rpcTransport {
-			b, err := brokerredis.Dial(context.Background(), fmt.Sprintf("redis://%s/%d", redisAddr(), rpcRedisDB), brokerredis.Options{})
+			b, err := brokerredis.Dial(context.Background(), fmt.Sprintf("redis://%s/%d", redisAddr(), rpcRedisDB), brokerredis.Config{})
 			if err != nil {
 				t.Fatalf("Redis: %v", err)
 			}
@@ -70,12 +70,12 @@ func TestRPCRoundTrip(t *testing.T) {
 			}
 			worker, client := tc.dial(t), tc.dial(t)
 			name := "rpc-test-" + uuid.NewString()
-			q, err := results.OpenReplyQueue(ctx, client, results.ReplyQueueOptions{Name: name, Expires: time.Minute})
+			q, err := results.OpenReplyQueue(ctx, client, results.ReplyQueueConfig{Name: name, Expires: time.Minute})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer q.Close()
-			backend := results.NewRPC(worker, results.RPCOptions{})
+			backend := results.NewRPC(worker, results.RPCConfig{})
 
 			const tasks, senders = 200, 8
 			var wg sync.WaitGroup
@@ -144,7 +144,7 @@ func waitQueueGone(t *testing.T, ctx context.Context, b *amqp.Broker, name strin
 func BenchmarkRPCRoundTrip(b *testing.B) {
 	ctx := context.Background()
 	dial := func() *amqp.Broker {
-		c, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672//", amqp.Options{})
+		c, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672//", amqp.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -152,12 +152,12 @@ func BenchmarkRPCRoundTrip(b *testing.B) {
 		return c
 	}
 	worker, client := dial(), dial()
-	q, err := results.OpenReplyQueue(ctx, client, results.ReplyQueueOptions{Expires: time.Minute})
+	q, err := results.OpenReplyQueue(ctx, client, results.ReplyQueueConfig{Expires: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer q.Close()
-	backend := results.NewRPC(worker, results.RPCOptions{})
+	backend := results.NewRPC(worker, results.RPCConfig{})
 	var next atomic.Int64
 	b.SetParallelism(8)
 	b.ResetTimer()

@@ -109,7 +109,7 @@ func TestRPCStoreMatchesCelery(t *testing.T) {
 			}
 			m.ReplyTo, m.CorrelationID = c.RoutingKey, c.Properties.CorrelationID
 			rec := &recorder{}
-			if err := results.NewRPC(rec, results.RPCOptions{}).Store(context.Background(), m); err != nil {
+			if err := results.NewRPC(rec, results.RPCConfig{}).Store(context.Background(), m); err != nil {
 				t.Fatal(err)
 			}
 			if len(rec.out) != 1 {
@@ -141,7 +141,7 @@ func TestRPCStore(t *testing.T) {
 	t.Run("persistent", func(t *testing.T) {
 		rec := &recorder{}
 		m := &results.Meta{TaskID: "t1", Status: results.Success, Result: 1, ReplyTo: "client"}
-		if err := results.NewRPC(rec, results.RPCOptions{Persistent: true}).Store(ctx, m); err != nil {
+		if err := results.NewRPC(rec, results.RPCConfig{Persistent: true}).Store(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 		if got := rec.out[0].Properties; got.DeliveryMode != 2 || got.CorrelationID != "t1" {
@@ -154,13 +154,13 @@ func TestRPCStore(t *testing.T) {
 	t.Run("no reply_to", func(t *testing.T) {
 		rec := &recorder{}
 		m := &results.Meta{TaskID: "t1", Status: results.Revoked, Result: results.TaskRevokedError("revoked")}
-		if err := results.NewRPC(rec, results.RPCOptions{}).Store(ctx, m); err != nil || len(rec.out) != 0 {
+		if err := results.NewRPC(rec, results.RPCConfig{}).Store(ctx, m); err != nil || len(rec.out) != 0 {
 			t.Errorf("Store = %v with %d messages; want nothing sent, as Celery sends nothing", err, len(rec.out))
 		}
 	})
 	t.Run("invalid", func(t *testing.T) {
 		for _, m := range []*results.Meta{nil, {Status: results.Success, ReplyTo: "c"}, {TaskID: "t", ReplyTo: "c"}} {
-			if err := results.NewRPC(&recorder{}, results.RPCOptions{}).Store(ctx, m); !errors.Is(err, results.ErrInvalidMeta) {
+			if err := results.NewRPC(&recorder{}, results.RPCConfig{}).Store(ctx, m); !errors.Is(err, results.ErrInvalidMeta) {
 				t.Errorf("Store(%+v) = %v, want ErrInvalidMeta", m, err)
 			}
 		}
@@ -168,7 +168,7 @@ func TestRPCStore(t *testing.T) {
 	t.Run("broker down", func(t *testing.T) {
 		rec := &recorder{err: broker.ErrClosed}
 		m := &results.Meta{TaskID: "t1", Status: results.Success, ReplyTo: "c"}
-		if err := results.NewRPC(rec, results.RPCOptions{}).Store(ctx, m); !errors.Is(err, broker.ErrClosed) {
+		if err := results.NewRPC(rec, results.RPCConfig{}).Store(ctx, m); !errors.Is(err, broker.ErrClosed) {
 			t.Errorf("Store = %v, want it to wrap broker.ErrClosed", err)
 		}
 	})
@@ -218,7 +218,7 @@ func (f *feedBroker) send(t *testing.T, d *broker.Delivery, acks *atomic.Int64) 
 	}
 }
 
-func openFed(t *testing.T, opts results.ReplyQueueOptions) (*results.ReplyQueue, *feedBroker) {
+func openFed(t *testing.T, opts results.ReplyQueueConfig) (*results.ReplyQueue, *feedBroker) {
 	t.Helper()
 	fb := newFeedBroker()
 	if opts.Logger == nil {
@@ -236,7 +236,7 @@ func openFed(t *testing.T, opts results.ReplyQueueOptions) (*results.ReplyQueue,
 // reads them: the latest one per task, PENDING before any.
 func TestReplyQueueReadsCelery(t *testing.T) {
 	ctx := context.Background()
-	q, fb := openFed(t, results.ReplyQueueOptions{Name: "f614096d-6948-382d-aeb9-0a7622a60df7"})
+	q, fb := openFed(t, results.ReplyQueueConfig{Name: "f614096d-6948-382d-aeb9-0a7622a60df7"})
 	want := broker.Queue{Name: q.ReplyTo(), Exchange: "amq.direct", ExchangeType: "direct", RoutingKey: q.ReplyTo(),
 		AutoDelete: true, Arguments: map[string]any{"x-expires": 86400000}}
 	if len(fb.declared) != 1 || !reflect.DeepEqual(fb.declared[0], want) {
@@ -284,7 +284,7 @@ func TestReplyQueueReadsCelery(t *testing.T) {
 // acked): pickle is never decoded.
 func TestReplyQueueDropsForeignMessages(t *testing.T) {
 	ctx := context.Background()
-	q, fb := openFed(t, results.ReplyQueueOptions{})
+	q, fb := openFed(t, results.ReplyQueueConfig{})
 	var acks atomic.Int64
 	c := rpcCaptures(t)[1] // SUCCESS of cap.add
 	pickled := c.delivery(&acks)
@@ -326,7 +326,7 @@ func stateDelivery(id, status string, result any, acks *atomic.Int64) *broker.De
 func TestReplyQueueStates(t *testing.T) {
 	ctx := context.Background()
 	t.Run("success is final", func(t *testing.T) {
-		q, fb := openFed(t, results.ReplyQueueOptions{})
+		q, fb := openFed(t, results.ReplyQueueConfig{})
 		var acks atomic.Int64
 		fb.send(t, stateDelivery("a", results.Success, 1, &acks), &acks)
 		fb.send(t, stateDelivery("a", results.Started, nil, &acks), &acks) // a duplicate delivery ran again
@@ -335,7 +335,7 @@ func TestReplyQueueStates(t *testing.T) {
 		}
 	})
 	t.Run("max states", func(t *testing.T) {
-		q, fb := openFed(t, results.ReplyQueueOptions{MaxStates: 3})
+		q, fb := openFed(t, results.ReplyQueueConfig{MaxStates: 3})
 		var acks atomic.Int64
 		for i := range 5 {
 			fb.send(t, stateDelivery(fmt.Sprint(i), results.Success, i, &acks), &acks)
@@ -347,7 +347,7 @@ func TestReplyQueueStates(t *testing.T) {
 		}
 	})
 	t.Run("forget", func(t *testing.T) {
-		q, fb := openFed(t, results.ReplyQueueOptions{})
+		q, fb := openFed(t, results.ReplyQueueConfig{})
 		var acks atomic.Int64
 		fb.send(t, stateDelivery("a", results.Success, 1, &acks), &acks)
 		if err := q.Forget(ctx, "a"); err != nil {
@@ -358,7 +358,7 @@ func TestReplyQueueStates(t *testing.T) {
 		}
 	})
 	t.Run("wait", func(t *testing.T) {
-		q, fb := openFed(t, results.ReplyQueueOptions{})
+		q, fb := openFed(t, results.ReplyQueueConfig{})
 		var acks atomic.Int64
 		got := make(chan *results.Meta, 1)
 		go func() {
@@ -386,7 +386,7 @@ func TestReplyQueueStates(t *testing.T) {
 		}
 	})
 	t.Run("closed", func(t *testing.T) {
-		q, _ := openFed(t, results.ReplyQueueOptions{})
+		q, _ := openFed(t, results.ReplyQueueConfig{})
 		done := make(chan error, 1)
 		go func() { _, err := q.Wait(ctx, "x"); done <- err }()
 		q.Close()

@@ -38,7 +38,7 @@ func TestWaitStoredLater(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := newBackend(t, results.Options{RecheckInterval: time.Minute})
+			r, _ := newBackend(t, results.Config{RecheckInterval: time.Minute})
 			ctx := ctxTimeout(t, 20*time.Second)
 			waited := startWait(ctx, r, "w")
 			time.Sleep(200 * time.Millisecond) // let Wait subscribe and find nothing
@@ -79,7 +79,7 @@ func TestWaitStoredLater(t *testing.T) {
 
 // TestWaitAlreadyStored: the result exists before Wait is called.
 func TestWaitAlreadyStored(t *testing.T) {
-	r, _ := newBackend(t, results.Options{RecheckInterval: time.Minute})
+	r, _ := newBackend(t, results.Config{RecheckInterval: time.Minute})
 	ctx := ctxTimeout(t, 10*time.Second)
 	if err := r.Store(ctx, &results.Meta{TaskID: "early", Status: results.Success, Result: "v"}); err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func TestWaitTimeout(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := newBackend(t, results.Options{RecheckInterval: 100 * time.Millisecond})
+			r, _ := newBackend(t, results.Config{RecheckInterval: 100 * time.Millisecond})
 			if tc.started {
 				if err := r.Store(context.Background(), &results.Meta{TaskID: "slow", Status: results.Started}); err != nil {
 					t.Fatal(err)
@@ -125,7 +125,7 @@ func TestWaitTimeout(t *testing.T) {
 		})
 	}
 	t.Run("cancel", func(t *testing.T) {
-		r, _ := newBackend(t, results.Options{})
+		r, _ := newBackend(t, results.Config{})
 		ctx, cancel := context.WithCancel(context.Background())
 		waited := startWait(ctx, r, "never")
 		time.Sleep(100 * time.Millisecond)
@@ -145,7 +145,7 @@ func TestWaitTimeout(t *testing.T) {
 // message was lost while the subscription reconnected); the periodic
 // re-read finds it.
 func TestWaitMissedPublish(t *testing.T) {
-	r, c := newBackend(t, results.Options{RecheckInterval: 200 * time.Millisecond})
+	r, c := newBackend(t, results.Config{RecheckInterval: 200 * time.Millisecond})
 	ctx := ctxTimeout(t, 10*time.Second)
 	waited := startWait(ctx, r, "quiet")
 	time.Sleep(100 * time.Millisecond)
@@ -169,7 +169,7 @@ func TestWaitMissedPublish(t *testing.T) {
 // TestWaitGarbageMessage: an unparsable message on the channel makes Wait
 // consult the key instead of failing.
 func TestWaitGarbageMessage(t *testing.T) {
-	r, c := newBackend(t, results.Options{RecheckInterval: time.Minute})
+	r, c := newBackend(t, results.Config{RecheckInterval: time.Minute})
 	ctx := ctxTimeout(t, 10*time.Second)
 	waited := startWait(ctx, r, "g")
 	time.Sleep(200 * time.Millisecond)

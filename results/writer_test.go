@@ -24,7 +24,7 @@ func TestStoreConcurrentlyInBatches(t *testing.T) {
 		{"after SCRIPT FLUSH", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			be, c := newBackend(t, results.Options{})
+			be, c := newBackend(t, results.Config{})
 			ctx := ctxTimeout(t, 30*1e9)
 			if tc.flush {
 				if err := c.ScriptFlush(ctx).Err(); err != nil {
@@ -66,7 +66,7 @@ func TestStoreConcurrentlyInBatches(t *testing.T) {
 // CPU, as a worker of that concurrency does; compare with -cpu or with a
 // build where stateWriter sends one call per round trip.
 func BenchmarkStoreParallel(b *testing.B) {
-	be, _ := newBackend(b, results.Options{})
+	be, _ := newBackend(b, results.Config{})
 	ctx := context.Background()
 	var seq sync.Mutex
 	next := 0
@@ -88,7 +88,7 @@ func BenchmarkStoreParallel(b *testing.B) {
 // A Store on a context that has ended fails, batched or not, as a plain
 // call does: a task past its soft time limit learns it from UpdateState.
 func TestStoreOnEndedContextFails(t *testing.T) {
-	be, _ := newBackend(t, results.Options{})
+	be, _ := newBackend(t, results.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := be.Store(ctx, &results.Meta{TaskID: "ended", Status: "PROGRESS"}); !errors.Is(err, context.Canceled) {

@@ -103,9 +103,9 @@ type Options struct {
 	ConfigWarnings []string
 }
 
-// TransportOptionsFlag is dial.OptionsFlag: a repeatable KEY=VALUE flag
+// TransportOptionsFlag is dial.TransportOptionsFlag: a repeatable KEY=VALUE flag
 // for broker_transport_options.
-func TransportOptionsFlag(m map[string]any) flag.Value { return dial.OptionsFlag(m) }
+func TransportOptionsFlag(m map[string]any) flag.Value { return dial.TransportOptionsFlag(m) }
 
 // ParseFlags reads Celery-like flags; environment variables
 // CELERY_BROKER_URL and CELERY_RESULT_BACKEND give the defaults, as for
@@ -279,9 +279,9 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	var backend consumer.Backend
 	var rb *results.Redis
 	if isRPC(o.ResultBackendURL) {
-		backend = results.NewRPC(b, results.RPCOptions{Persistent: o.ResultPersistent})
+		backend = results.NewRPC(b, results.RPCConfig{Persistent: o.ResultPersistent})
 	} else if o.ResultBackendURL != "" {
-		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Options{TransportOptions: o.ResultBackendTransportOptions, Expires: o.ResultExpires}); err != nil {
+		if rb, err = results.OpenRedis(o.ResultBackendURL, results.Config{TransportOptions: o.ResultBackendTransportOptions, Expires: o.ResultExpires}); err != nil {
 			return fmt.Errorf("result backend: %w", err)
 		}
 		defer rb.Close()
@@ -309,7 +309,7 @@ func Run(ctx context.Context, args []string, mux *consumer.Mux, stderr io.Writer
 	}
 	var collector *metrics.Collector
 	if o.MetricsAddr != "" {
-		collector = metrics.NewCollector(metrics.Options{Tasks: mux.Names(), Logger: log})
+		collector = metrics.NewCollector(metrics.Config{Tasks: mux.Names(), Logger: log})
 		o.Config.Observers = append(o.Config.Observers, collector)
 	}
 	if o.StateDB != "" {
@@ -427,7 +427,7 @@ func brokerInfo(rawURL string) control.BrokerInfo {
 // openBroker dials the broker; globalQoS false is per-consumer QoS with a
 // static prefetch, for quorum queues.
 func openBroker(ctx context.Context, o *Options, globalQoS bool, log *slog.Logger) (Broker, func(), error) {
-	b, err := DialBroker(ctx, o.BrokerURL, DialOptions{Logger: log, GlobalQoS: globalQoS, StaticPrefetch: !globalQoS,
+	b, err := DialBroker(ctx, o.BrokerURL, DialConfig{Logger: log, GlobalQoS: globalQoS, StaticPrefetch: !globalQoS,
 		VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
 		TransportOptions: o.BrokerTransportOptions, FailoverStrategy: o.BrokerFailoverStrategy})
 	if err != nil {
@@ -436,11 +436,11 @@ func openBroker(ctx context.Context, o *Options, globalQoS bool, log *slog.Logge
 	return b, func() { b.Close() }, nil
 }
 
-// DialOptions are dial.Options: the transport settings a URL does not carry.
-type DialOptions = dial.Options
+// DialConfig is dial.Config: the transport settings a URL does not carry.
+type DialConfig = dial.Config
 
 // DialBroker opens the transport for a Celery broker URL; it is
 // dial.Broker, kept for callers of this package.
-func DialBroker(ctx context.Context, url string, o DialOptions) (Broker, error) {
+func DialBroker(ctx context.Context, url string, o DialConfig) (Broker, error) {
 	return dial.Broker(ctx, url, o)
 }

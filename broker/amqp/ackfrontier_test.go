@@ -16,7 +16,7 @@ import (
 // never be named by a multiple-ack (RabbitMQ would close the channel), and
 // concurrent acks must all land.
 func TestAckFrontier(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("frontier")}
 	a.cleanup([]string{q.Name}, []string{q.Name})

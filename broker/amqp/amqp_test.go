@@ -16,7 +16,7 @@ import (
 )
 
 func TestRoundTrip(t *testing.T) {
-	b := dial(t, Options{GlobalQoS: true})
+	b := dial(t, Config{GlobalQoS: true})
 	q := broker.Queue{Name: unique("rt"), Transient: true, AutoDelete: true, MaxPriority: 10}
 	newAdmin(t).cleanup(nil, []string{q.Name})
 	ds := consume(t, b, 4, q)
@@ -101,7 +101,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestPublishHeaderErrors(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	p := text("nowhere", "x")
 	p.Headers = map[string]any{"huge": new(big.Int).Lsh(big.NewInt(1), 80)}
 	if err := b.Publish(context.Background(), p); !errors.Is(err, ErrHeaderValue) {
@@ -122,7 +122,7 @@ func TestQoS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := dial(t, Options{GlobalQoS: tt.global})
+			b := dial(t, Config{GlobalQoS: tt.global})
 			q := broker.Queue{Name: unique("qos"), Transient: true, AutoDelete: true}
 			newAdmin(t).cleanup(nil, []string{q.Name})
 			if err := b.Declare(context.Background(), q); err != nil {
@@ -164,7 +164,7 @@ func TestQoS(t *testing.T) {
 }
 
 func TestSetPrefetchConcurrent(t *testing.T) {
-	b := dial(t, Options{GlobalQoS: true})
+	b := dial(t, Config{GlobalQoS: true})
 	q := broker.Queue{Name: unique("qosc"), Transient: true, AutoDelete: true}
 	newAdmin(t).cleanup(nil, []string{q.Name})
 	consume(t, b, 1, q)
@@ -196,7 +196,7 @@ func TestSetPrefetchConcurrent(t *testing.T) {
 }
 
 func TestReject(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	dlx := unique("dlx")
 	dead := broker.Queue{Name: unique("dead"), Exchange: dlx, ExchangeType: "fanout", Transient: true, AutoDelete: true}
@@ -248,7 +248,7 @@ func TestReject(t *testing.T) {
 }
 
 func TestMandatoryAndConfirms(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -331,7 +331,7 @@ func errString(err error) string {
 }
 
 func TestNack(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	q := broker.Queue{Name: unique("full"), Transient: true, AutoDelete: true,
 		Arguments: map[string]any{"x-max-length": 1, "x-overflow": "reject-publish"}}
 	newAdmin(t).cleanup(nil, []string{q.Name})
@@ -345,7 +345,7 @@ func TestNack(t *testing.T) {
 }
 
 func TestDeclare(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	ctx := context.Background()
 	q := broker.Queue{Name: unique("decl"), Exchange: unique("declx"), ExchangeType: "topic", RoutingKey: "a.#", Transient: true, AutoDelete: true}
@@ -386,7 +386,7 @@ func TestDeclare(t *testing.T) {
 }
 
 func TestConsumeContextCancel(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("stop"), Transient: true}
 	a.cleanup([]string{q.Name}, []string{q.Name})
@@ -428,7 +428,7 @@ func TestConsumeContextCancel(t *testing.T) {
 func TestClose(t *testing.T) {
 	needRabbit(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	q := broker.Queue{Name: unique("close"), Transient: true, AutoDelete: true}
 	ds := consume(t, b, 1, q)
 	publish(t, b, text(q.Name, "x"))
@@ -468,18 +468,18 @@ func TestDialErrors(t *testing.T) {
 	needRabbit(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := Dial(ctx, "amqp://guest:wrong@127.0.0.1:5672//", Options{}); err == nil {
+	if _, err := Dial(ctx, "amqp://guest:wrong@127.0.0.1:5672//", Config{}); err == nil {
 		t.Error("Dial with a wrong password succeeded")
 	}
-	if _, err := Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/no-such-vhost", Options{}); err == nil {
+	if _, err := Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/no-such-vhost", Config{}); err == nil {
 		t.Error("Dial to a missing vhost succeeded")
 	}
-	if _, err := Dial(ctx, "redis://127.0.0.1:6379/0", Options{}); !errors.Is(err, ErrURL) {
+	if _, err := Dial(ctx, "redis://127.0.0.1:6379/0", Config{}); !errors.Is(err, ErrURL) {
 		t.Errorf("Dial redis://: %v, want ErrURL", err)
 	}
 	short, cancel2 := context.WithCancel(context.Background())
 	cancel2()
-	if _, err := Dial(short, brokerURL(), Options{}); err == nil {
+	if _, err := Dial(short, brokerURL(), Config{}); err == nil {
 		t.Error("Dial with a cancelled context succeeded")
 	}
 }
@@ -490,7 +490,7 @@ func TestDialErrors(t *testing.T) {
 // RabbitMQ close the shared publishing channel, and the publishes in
 // flight on it are sent again.
 func TestChannelErrorIsolation(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("iso"), Transient: true}
 	a.cleanup([]string{q.Name}, []string{q.Name})

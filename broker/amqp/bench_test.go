@@ -34,7 +34,7 @@ func benchQueue(b *testing.B, br *Broker) broker.Queue {
 // BenchmarkPublishConfirm publishes one message at a time, each waiting
 // for its confirm: the latency a producer sees per send_task.
 func BenchmarkPublishConfirm(b *testing.B) {
-	br := dial(b, Options{})
+	br := dial(b, Config{})
 	q := benchQueue(b, br)
 	p := benchMessage(b, q.Name)
 	ctx := context.Background()
@@ -50,7 +50,7 @@ func BenchmarkPublishConfirm(b *testing.B) {
 // BenchmarkPublishConfirmParallel publishes from many goroutines on the
 // one confirm channel: confirms of concurrent publishes overlap.
 func BenchmarkPublishConfirmParallel(b *testing.B) {
-	br := dial(b, Options{})
+	br := dial(b, Config{})
 	q := benchQueue(b, br)
 	p := benchMessage(b, q.Name)
 	ctx := context.Background()
@@ -71,7 +71,7 @@ func BenchmarkPublishConfirmParallel(b *testing.B) {
 // BenchmarkConsumeAck drains b.N pre-published messages with manual acks
 // and prefetch 64, converting each delivery as a worker receives it.
 func BenchmarkConsumeAck(b *testing.B) {
-	br := dial(b, Options{GlobalQoS: true})
+	br := dial(b, Config{GlobalQoS: true})
 	q := benchQueue(b, br)
 	p := benchMessage(b, q.Name)
 	ctx := context.Background()

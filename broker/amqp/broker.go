@@ -45,8 +45,8 @@ var ErrForeignDelivery = errors.New("amqp: delivery is not from this broker")
 // other delivery in flight.
 var ErrAlreadySettled = errors.New("amqp: delivery already acked or rejected")
 
-// Options configure a Broker. The zero value gives the defaults.
-type Options struct {
+// Config configure a Broker. The zero value gives the defaults.
+type Config struct {
 	// Logger receives connection events; nil means slog.Default().
 	Logger *slog.Logger
 	// Reconnect backoff: the first delay and the longest (defaults 100ms
@@ -79,7 +79,7 @@ type Options struct {
 	FailoverStrategy string
 }
 
-func (o *Options) defaults() {
+func (o *Config) defaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -98,7 +98,7 @@ func (o *Options) defaults() {
 // Broker is a connection to RabbitMQ that reconnects by itself. It is safe
 // for concurrent use.
 type Broker struct {
-	opts     Options
+	opts     Config
 	logger   *slog.Logger
 	target   target // the first of the list, for messages
 	failover *failover
@@ -137,7 +137,7 @@ type Broker struct {
 // tries them in turn, a reconnect starting with the node after the one
 // that was lost, in opts.FailoverStrategy's order; the topology is
 // declared again on the node reached.
-func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
+func Dial(ctx context.Context, url string, opts Config) (*Broker, error) {
 	opts.defaults()
 	ts, err := parseURLs(url)
 	if err != nil {
@@ -574,7 +574,7 @@ func checkPrefetch(n int) error {
 // consuming channel, now and after reconnects. Celery raises it by one per
 // ETA task it holds, so calls are frequent: a call that changes nothing
 // sends nothing, and concurrent calls leave the last value in force. See
-// Options.GlobalQoS for when RabbitMQ applies it.
+// Config.GlobalQoS for when RabbitMQ applies it.
 func (b *Broker) SetPrefetch(n int) error {
 	if err := checkPrefetch(n); err != nil {
 		return err

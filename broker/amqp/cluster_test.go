@@ -53,12 +53,12 @@ func clusterRig(t *testing.T) {
 func TestClusterKillNode(t *testing.T) {
 	clusterRig(t)
 	ctx := context.Background()
-	cons, err := Dial(ctx, clusterURL, Options{Logger: quietLogger(t), MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+	cons, err := Dial(ctx, clusterURL, Config{Logger: quietLogger(t), MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cons.Close()
-	prod, err := Dial(ctx, clusterURL, Options{Logger: quietLogger(t), MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+	prod, err := Dial(ctx, clusterURL, Config{Logger: quietLogger(t), MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 // declarations again), skips a direct exchange, and a message published to
 // celery_delayed_27 with a 1 s key reaches the queue after a second.
 func TestBindingsAndDelayedDelivery(t *testing.T) {
-	b := dial(t, Options{StaticPrefetch: true})
+	b := dial(t, Config{StaticPrefetch: true})
 	a := newAdmin(t)
 	q, ex, direct := unique("bind-q"), unique("bind-ex"), unique("bind-direct")
 	a.cleanup([]string{q, direct}, []string{ex, direct})
@@ -80,7 +80,7 @@ func TestBindingsAndDelayedDelivery(t *testing.T) {
 // TestMismatchError: RabbitMQ's refusal of an inequivalent argument comes
 // back as a *MismatchError naming the queue, argument and both values.
 func TestMismatchError(t *testing.T) {
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	q := unique("mismatch")
 	a.cleanup([]string{q}, []string{q})

@@ -16,7 +16,7 @@ import (
 func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672//", amqp.Options{GlobalQoS: true})
+	b, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672//", amqp.Config{GlobalQoS: true})
 	if err != nil {
 		log.Fatal(err)
 	}

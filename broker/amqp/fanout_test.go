@@ -57,7 +57,7 @@ func TestDeclareCeleryExchanges(t *testing.T) {
 		t.Fatalf("celery: %v\n%s", err, out)
 	}
 	t.Logf("celery declared: %s", strings.TrimSpace(string(out)))
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	for _, ex := range []broker.Exchange{
 		{Name: "celery.pidbox", Kind: "fanout", Transient: true},
 		{Name: "reply.celery.pidbox", Kind: "direct", Transient: true},
@@ -106,14 +106,14 @@ func TestFanoutTwoConsumers(t *testing.T) {
 	ctx := context.Background()
 	ex := unique("pidbox")
 	a := newAdmin(t)
-	pub := dial(t, Options{})
+	pub := dial(t, Config{})
 	if err := pub.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout", Transient: true}); err != nil {
 		t.Fatal(err)
 	}
 	var queues []string
 	var outs []<-chan *broker.Delivery
 	for _, node := range []string{"w1@h", "w2@h"} {
-		b := dial(t, Options{})
+		b := dial(t, Config{})
 		q := broker.Queue{Name: node + "." + ex, Exchange: ex, ExchangeType: "fanout",
 			Transient: true, AutoDelete: true, Exclusive: true,
 			Arguments: map[string]any{"x-expires": 10000, "x-message-ttl": 300000}}
@@ -160,7 +160,7 @@ func TestExclusiveQueueReconnect(t *testing.T) {
 	ctx := context.Background()
 	name := unique("gocelery-excl")
 	ex := unique("pidbox")
-	b := dial(t, Options{Name: name, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
+	b := dial(t, Config{Name: name, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
 	a := newAdmin(t)
 	if err := b.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout", Transient: true}); err != nil {
 		t.Fatal(err)
@@ -199,7 +199,7 @@ func TestReplyQueueDirect(t *testing.T) {
 	ctx := context.Background()
 	ex := unique("reply.pidbox")
 	oid := unique("oid")
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	if err := b.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "direct", Transient: true}); err != nil {
 		t.Fatal(err)
@@ -259,7 +259,7 @@ func TestFanoutInteropKombu(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ex := unique("fxpy")
-	b := dial(t, Options{})
+	b := dial(t, Config{})
 	a := newAdmin(t)
 	a.cleanup([]string{"go." + ex}, []string{ex})
 	if err := b.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout", Transient: true}); err != nil {

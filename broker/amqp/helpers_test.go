@@ -64,7 +64,7 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 
 // dial returns a Broker closed at the end of the test. Its connection is
 // named, so tests can find it with rabbitmqctl.
-func dial(t testing.TB, opts Options) *Broker {
+func dial(t testing.TB, opts Config) *Broker {
 	t.Helper()
 	needRabbit(t)
 	if opts.Logger == nil {

@@ -53,7 +53,7 @@ func python(t *testing.T) string {
 // kombu/py-amqp, including the 64-bit integer headers py-amqp writes as
 // 'L', which amqp091-go alone cannot read.
 func TestCeleryProducer(t *testing.T) {
-	b := dial(t, Options{GlobalQoS: true})
+	b := dial(t, Config{GlobalQoS: true})
 	q := broker.Queue{Name: unique("celery-interop")} // as Celery declares it: durable, direct
 	newAdmin(t).cleanup([]string{q.Name}, []string{q.Name})
 

@@ -16,7 +16,7 @@ import (
 
 func TestReconnectAfterForcedClose(t *testing.T) {
 	name := unique("gocelery-forced")
-	b := dial(t, Options{Name: name, GlobalQoS: true, MinBackoff: 50 * time.Millisecond})
+	b := dial(t, Config{Name: name, GlobalQoS: true, MinBackoff: 50 * time.Millisecond})
 	q := broker.Queue{Name: unique("reconn")}
 	newAdmin(t).cleanup([]string{q.Name}, []string{q.Name})
 	ds := consume(t, b, 4, q)
@@ -63,7 +63,7 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
 		t.Skip("rabbitmqctl not available")
 	}
-	b := dial(t, Options{GlobalQoS: true, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
+	b := dial(t, Config{GlobalQoS: true, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
 	q := broker.Queue{Name: unique("restart")}
 	newAdmin(t).cleanup([]string{q.Name}, []string{q.Name})
 	ds := consume(t, b, 4, q)
@@ -126,7 +126,7 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 // its context, and succeeds once the connection is back.
 func TestPublishWaitsForReconnect(t *testing.T) {
 	name := unique("gocelery-outage")
-	b := dial(t, Options{Name: name, MinBackoff: 1500 * time.Millisecond, MaxBackoff: 1500 * time.Millisecond})
+	b := dial(t, Config{Name: name, MinBackoff: 1500 * time.Millisecond, MaxBackoff: 1500 * time.Millisecond})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("outage")}
 	a.cleanup([]string{q.Name}, []string{q.Name})
@@ -155,7 +155,7 @@ func TestPublishWaitsForReconnect(t *testing.T) {
 // cancel the consumer (basic.cancel) while the connection lives; the
 // consumer resubscribes, redeclaring the queue, as kombu does.
 func TestConsumerCancelledByServer(t *testing.T) {
-	b := dial(t, Options{MinBackoff: 20 * time.Millisecond})
+	b := dial(t, Config{MinBackoff: 20 * time.Millisecond})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("cancelled")}
 	a.cleanup([]string{q.Name}, []string{q.Name})

@@ -25,7 +25,7 @@ func TestRetryOfUnconfirmedPublishSendsOnce(t *testing.T) {
 	proxy := startStallProxy(t, "127.0.0.1:5672")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Options{Logger: quietLogger(t)})
+	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Config{Logger: quietLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

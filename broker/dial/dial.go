@@ -34,8 +34,8 @@ type Transport interface {
 	Close() error
 }
 
-// Options are the transport settings a URL does not carry.
-type Options struct {
+// Config are the transport settings a URL does not carry.
+type Config struct {
 	Logger *slog.Logger
 	// GlobalQoS applies the prefetch to the whole AMQP channel, as a
 	// worker wants on classic queues; StaticPrefetch keeps the first
@@ -58,16 +58,16 @@ type Options struct {
 // sentinel://host:26379;sentinel://host2:26379 (o.TransportOptions must
 // name master_name). A ";"-separated list of AMQP URLs is a failover
 // list, tried in o.FailoverStrategy's order.
-func Broker(ctx context.Context, url string, o Options) (Transport, error) {
+func Broker(ctx context.Context, url string, o Config) (Transport, error) {
 	scheme, _, _ := strings.Cut(url, "://")
 	var t Transport
 	var err error
 	switch scheme {
 	case "amqp", "amqps", "pyamqp":
-		t, err = amqp.Dial(ctx, url, amqp.Options{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch,
+		t, err = amqp.Dial(ctx, url, amqp.Config{Logger: o.Logger, GlobalQoS: o.GlobalQoS, StaticPrefetch: o.StaticPrefetch,
 			FailoverStrategy: o.FailoverStrategy})
 	case "redis", "rediss", "sentinel":
-		t, err = redis.Dial(ctx, url, redis.Options{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
+		t, err = redis.Dial(ctx, url, redis.Config{Logger: o.Logger, VisibilityTimeout: o.VisibilityTimeout, RestoreInterval: o.RestoreInterval,
 			TransportOptions: o.TransportOptions})
 	default:
 		return nil, fmt.Errorf("broker: unsupported URL scheme %q (amqp://, pyamqp://, redis://, rediss://, sentinel://)", scheme)
@@ -78,10 +78,10 @@ func Broker(ctx context.Context, url string, o Options) (Transport, error) {
 	return t, nil
 }
 
-// OptionsFlag is a repeatable KEY=VALUE flag filling m, as Celery's
+// TransportOptionsFlag is a repeatable KEY=VALUE flag filling m, as Celery's
 // broker_transport_options: VALUE is JSON when it parses as JSON (2.5,
 // true, {"password": "x"}), else a plain string.
-func OptionsFlag(m map[string]any) flag.Value { return optionsFlag(m) }
+func TransportOptionsFlag(m map[string]any) flag.Value { return optionsFlag(m) }
 
 type optionsFlag map[string]any
 

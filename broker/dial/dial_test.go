@@ -13,7 +13,7 @@ import (
 
 func TestUnsupportedScheme(t *testing.T) {
 	for _, url := range []string{"sqs://x", "memory://", "qpid://h", "nothing"} {
-		if _, err := dial.Broker(context.Background(), url, dial.Options{}); err == nil || !strings.Contains(err.Error(), "unsupported URL scheme") {
+		if _, err := dial.Broker(context.Background(), url, dial.Config{}); err == nil || !strings.Contains(err.Error(), "unsupported URL scheme") {
 			t.Errorf("%s: %v", url, err)
 		}
 	}
@@ -23,7 +23,7 @@ func TestOptionsFlag(t *testing.T) {
 	m := map[string]any{}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.Var(dial.OptionsFlag(m), "o", "")
+	fs.Var(dial.TransportOptionsFlag(m), "o", "")
 	if err := fs.Parse([]string{"-o", "master_name=mymaster", "-o", `sentinel_kwargs={"password": "x"}`, "-o", "socket_timeout=2.5"}); err != nil {
 		t.Fatal(err)
 	}

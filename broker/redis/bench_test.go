@@ -26,7 +26,7 @@ func benchMessage(tb testing.TB, queue string) broker.Publishing {
 func benchBroker(b *testing.B) *Broker {
 	pfx := unique("bench") + ":"
 	newAdmin(b, testDB).cleanupPrefix(pfx)
-	return dial(b, testDB, Options{KeyPrefix: pfx})
+	return dial(b, testDB, Config{KeyPrefix: pfx})
 }
 
 // BenchmarkPublish publishes one message at a time: the latency a

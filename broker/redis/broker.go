@@ -12,7 +12,7 @@
 // hash "unacked" and the sorted set "unacked_index", and a message nobody
 // acknowledged within the visibility timeout is put back by whichever
 // consumer (Python or Go) scans first, under the lock "unacked_mutex".
-// Options.KeyPrefix is kombu's global_keyprefix.
+// Config.KeyPrefix is kombu's global_keyprefix.
 //
 // What this transport does that kombu does not:
 //
@@ -78,9 +78,9 @@ var ErrForeignDelivery = errors.New("redis: delivery is not from this broker")
 // that is no longer this delivery's.
 var ErrAlreadySettled = errors.New("redis: delivery already acked or rejected")
 
-// Options configure a Broker. The zero value gives the defaults, which are
+// Config configure a Broker. The zero value gives the defaults, which are
 // kombu's.
-type Options struct {
+type Config struct {
 	// Logger receives connection events; nil means slog.Default().
 	Logger *slog.Logger
 	// VisibilityTimeout is how long a delivery may stay unacknowledged
@@ -126,7 +126,7 @@ type Options struct {
 	WaitTimeout  time.Duration
 }
 
-// Defaults for Options.
+// Defaults for Config.
 const (
 	DefaultVisibilityTimeout = time.Hour
 	DefaultRestoreInterval   = 10 * time.Second
@@ -150,7 +150,7 @@ const (
 // retries it as it does a connection error.
 var errNotReplicated = errors.New("redis: publish not replicated in time")
 
-func (o *Options) defaults() {
+func (o *Config) defaults() {
 	if o.WaitTimeout <= 0 {
 		o.WaitTimeout = time.Second
 	}
@@ -173,7 +173,7 @@ func (o *Options) defaults() {
 // Broker is a kombu-compatible Redis transport. It is safe for concurrent
 // use.
 type Broker struct {
-	opts     Options
+	opts     Config
 	logger   *slog.Logger
 	client   redis.UniversalClient
 	owns     bool // Close closes client
@@ -216,7 +216,7 @@ type Broker struct {
 // virtual host (default 0). Redis is pinged once: an unreachable server or a
 // refused password is an error. Later outages are ridden out: go-redis
 // redials, and the components retry with backoff until Close.
-func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
+func Dial(ctx context.Context, url string, opts Config) (*Broker, error) {
 	client, db, redacted, err := newClient(url, &opts)
 	if err != nil {
 		return nil, err
@@ -236,7 +236,7 @@ func Dial(ctx context.Context, url string, opts Options) (*Broker, error) {
 // idle Consume waits on a small client of its own with client's options
 // (one connection per list it consumes), closed to stop it; other clients
 // wait on client itself, and a stop waits for the PollTimeout.
-func New(client redis.UniversalClient, db int, opts Options) *Broker {
+func New(client redis.UniversalClient, db int, opts Config) *Broker {
 	opts.defaults()
 	b := &Broker{
 		opts:   opts,

@@ -26,7 +26,7 @@ func runHelper() {
 	db, _ := strconv.Atoi(os.Getenv(helperEnv + "_DB"))
 	vt, _ := time.ParseDuration(os.Getenv(helperEnv + "_VT"))
 	ctx := context.Background()
-	b, err := Dial(ctx, redisURL(db), Options{
+	b, err := Dial(ctx, redisURL(db), Config{
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		VisibilityTimeout: vt,
 		KeyPrefix:         os.Getenv(helperEnv + "_PREFIX"),

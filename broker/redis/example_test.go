@@ -19,7 +19,7 @@ func Example() {
 	// Database 10, and a key prefix (kombu's global_keyprefix) to keep
 	// the example apart; a Celery worker's defaults would be
 	// "redis://127.0.0.1:6379/0" and no prefix.
-	b, err := redis.Dial(ctx, "redis://127.0.0.1:6379/10", redis.Options{KeyPrefix: "gocelery-example:"})
+	b, err := redis.Dial(ctx, "redis://127.0.0.1:6379/10", redis.Config{KeyPrefix: "gocelery-example:"})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -40,13 +40,13 @@ func TestFanoutTwoConsumers(t *testing.T) {
 	a.cleanupPrefix(pfx)
 	ex := "pidbox-" + unique("x")
 	ctx := context.Background()
-	pub := dial(t, testDB, Options{KeyPrefix: pfx})
+	pub := dial(t, testDB, Config{KeyPrefix: pfx})
 	if err := pub.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout", Transient: true}); err != nil {
 		t.Fatal(err)
 	}
 	var outs []<-chan *broker.Delivery
 	for _, node := range []string{"w1@h", "w2@h"} {
-		b := dial(t, testDB, Options{KeyPrefix: pfx})
+		b := dial(t, testDB, Config{KeyPrefix: pfx})
 		outs = append(outs, consume(t, b, 1, fanoutQueue(node+"."+ex, ex, "")))
 	}
 	// kombu's binding member for a fanout queue bound with "".
@@ -97,7 +97,7 @@ func TestFanoutPatterns(t *testing.T) {
 	a.cleanupPrefix(pfx)
 	ex := unique("celeryev")
 	ctx := context.Background()
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	if err := b.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout"}); err != nil {
 		t.Fatal(err)
 	}
@@ -169,12 +169,12 @@ func TestFanoutResubscribe(t *testing.T) {
 	px := newProxy(t)
 	ctx := context.Background()
 	ex := unique("fx")
-	b, err := Dial(ctx, fmt.Sprintf("redis://%s/%d", px.addr(), testDB), Options{KeyPrefix: pfx, Logger: quietLogger(t)})
+	b, err := Dial(ctx, fmt.Sprintf("redis://%s/%d", px.addr(), testDB), Config{KeyPrefix: pfx, Logger: quietLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	pub := dial(t, testDB, Options{KeyPrefix: pfx})
+	pub := dial(t, testDB, Config{KeyPrefix: pfx})
 	for _, x := range []*Broker{b, pub} {
 		if err := x.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout"}); err != nil {
 			t.Fatal(err)
@@ -220,7 +220,7 @@ with Connection(url, transport_options=opts) as conn:
           auto_delete=True, expires=10.0, message_ttl=300.0).bind(conn.default_channel).declare()
 `
 	runPython(t, script, pyArgs(testDB, oid, py)...)
-	b := dial(t, testDB, Options{KeyPrefix: gp})
+	b := dial(t, testDB, Config{KeyPrefix: gp})
 	err := b.Declare(context.Background(), broker.Queue{Name: oid + ".reply.celery.pidbox", Exchange: "reply.celery.pidbox",
 		RoutingKey: oid, Transient: true, AutoDelete: true, Exclusive: true,
 		Arguments: map[string]any{"x-expires": 10000, "x-message-ttl": 300000}})
@@ -332,7 +332,7 @@ func TestFanoutInteropKombu(t *testing.T) {
 				a.cleanupQueues([]string{ex}, "go."+ex, "py."+ex, "pyev."+ex)
 			}
 			ctx := context.Background()
-			b := dial(t, testDB, Options{KeyPrefix: pfx})
+			b := dial(t, testDB, Config{KeyPrefix: pfx})
 			if err := b.DeclareExchange(ctx, broker.Exchange{Name: ex, Kind: "fanout", Transient: true}); err != nil {
 				t.Fatal(err)
 			}
@@ -406,7 +406,7 @@ with Connection(url, transport_options=opts) as conn:
 	if want := oid + "\x06\x16\x06\x16" + oid + ".reply.celery.pidbox"; !slices.Equal(members, []string{want}) {
 		t.Fatalf("kombu's binding %q, want %q", members, want)
 	}
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	if err := b.DeclareExchange(context.Background(), broker.Exchange{Name: "reply.celery.pidbox", Kind: "direct", Transient: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +435,7 @@ func TestExpiringBindingRefreshed(t *testing.T) {
 	pfx := unique("erf") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	b.bindingRefresh = 50 * time.Millisecond
 	oid := unique("oid")
 	q := broker.Queue{Name: oid + ".reply.celery.pidbox", Exchange: "reply.celery.pidbox", RoutingKey: oid,

@@ -79,7 +79,7 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 }
 
 // dial returns a Broker on db, closed at the end of the test.
-func dial(t testing.TB, db int, opts Options) *Broker {
+func dial(t testing.TB, db int, opts Config) *Broker {
 	t.Helper()
 	needRedis(t)
 	if opts.Logger == nil {

@@ -132,7 +132,7 @@ func TestCeleryProducer(t *testing.T) {
 	if len(raw) != 1 {
 		t.Fatalf("priority 7 list holds %d messages", len(raw))
 	}
-	b := dial(t, testDB, Options{})
+	b := dial(t, testDB, Config{})
 	ds := consume(t, b, 1, broker.Queue{Name: q})
 	d := recv(t, ds)
 	m, err := protocol.Decode(&d.Raw)
@@ -230,7 +230,7 @@ func TestKombuConsumer(t *testing.T) {
 	pfx := unique("kc") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	q := "kq"
 	when := time.Date(2030, 1, 2, 3, 4, 5, 678901000, time.UTC)
 	p := broker.Publishing{RoutingKey: q}
@@ -322,7 +322,7 @@ func TestBindingMembers(t *testing.T) {
 	}
 	js, _ := json.Marshal(spec)
 	runPython(t, kombuDeclare, pyArgs(testDB, "", py, string(js))...)
-	b := dial(t, testDB, Options{KeyPrefix: gp})
+	b := dial(t, testDB, Config{KeyPrefix: gp})
 	if err := b.Declare(context.Background(), queues...); err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestPythonRestoredByGo(t *testing.T) {
 	pfx := unique("pyr") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx, VisibilityTimeout: 2 * time.Second, RestoreInterval: 200 * time.Millisecond})
+	b := dial(t, testDB, Config{KeyPrefix: pfx, VisibilityTimeout: 2 * time.Second, RestoreInterval: 200 * time.Millisecond})
 	q := "pq"
 	publish(t, b, text(q, "take me"))
 	t.Setenv("VT", "2")
@@ -375,7 +375,7 @@ func TestGoRestoredByPython(t *testing.T) {
 	pfx := unique("gor") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx, RestoreInterval: -1})
+	b := dial(t, testDB, Config{KeyPrefix: pfx, RestoreInterval: -1})
 	q := "gq"
 	p := text(q, "kill me")
 	p.Properties.Priority = 7
@@ -417,13 +417,13 @@ func TestKeepAlive(t *testing.T) {
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
 	const vt = time.Second
-	holder := dial(t, testDB, Options{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: -1})
+	holder := dial(t, testDB, Config{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: -1})
 	publish(t, holder, text("held", "long task"))
 	publish(t, holder, text("dead", "abandoned"))
 	held := recv(t, consume(t, holder, 1, broker.Queue{Name: "held"}))
 	deadTag := crashedConsumer(t, testDB, pfx, "dead", vt)
 
-	scanner := dial(t, testDB, Options{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 100 * time.Millisecond})
+	scanner := dial(t, testDB, Config{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 100 * time.Millisecond})
 	consume(t, scanner, 1, broker.Queue{Name: "idle"})
 	t.Setenv("VT", "1")
 	deadline := time.Now().Add(3 * vt)

@@ -18,7 +18,7 @@ func TestMiniredis(t *testing.T) {
 	srv := miniredis.RunT(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer client.Close()
-	b := New(client, 0, Options{Logger: quietLogger(t), VisibilityTimeout: time.Second, RestoreInterval: 100 * time.Millisecond})
+	b := New(client, 0, Config{Logger: quietLogger(t), VisibilityTimeout: time.Second, RestoreInterval: 100 * time.Millisecond})
 	defer b.Close()
 	ctx := context.Background()
 

@@ -166,9 +166,9 @@ func TestPopReplyLost(t *testing.T) {
 			client := redis.NewClient(&redis.Options{Addr: p.addr(), DB: faultDB, MaxRetries: tc.maxRetries,
 				MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
 			defer client.Close()
-			b := New(client, faultDB, Options{Logger: quietLogger(t), KeyPrefix: pfx, RestoreInterval: -1})
+			b := New(client, faultDB, Config{Logger: quietLogger(t), KeyPrefix: pfx, RestoreInterval: -1})
 			defer b.Close()
-			pub := dial(t, faultDB, Options{KeyPrefix: pfx})
+			pub := dial(t, faultDB, Config{KeyPrefix: pfx})
 			ds := consume(t, b, 0, broker.Queue{Name: "q"})
 
 			seen := map[string]int{}
@@ -238,7 +238,7 @@ func TestPopKilled(t *testing.T) {
 	pfx := unique("popkill") + ":"
 	a := newAdmin(t, faultDB)
 	a.cleanupPrefix(pfx)
-	pub := dial(t, faultDB, Options{KeyPrefix: pfx})
+	pub := dial(t, faultDB, Config{KeyPrefix: pfx})
 	for i, idle := range []bool{false, true} {
 		body := fmt.Sprint("idle=", idle)
 		if !idle {
@@ -259,7 +259,7 @@ func TestPopKilled(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	t.Setenv("VT", "1")
 	runPython(t, kombuRestore, pyArgs(faultDB, "q", pfx)...)
-	b := dial(t, faultDB, Options{KeyPrefix: pfx, RestoreInterval: -1})
+	b := dial(t, faultDB, Config{KeyPrefix: pfx, RestoreInterval: -1})
 	ds := consume(t, b, 0, broker.Queue{Name: "q"})
 	got := map[string]bool{}
 	deadline := time.After(10 * time.Second)
@@ -337,7 +337,7 @@ func TestMalformedMoved(t *testing.T) {
 	pfx := unique("malformed") + ":"
 	a := newAdmin(t, faultDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, faultDB, Options{KeyPrefix: pfx})
+	b := dial(t, faultDB, Config{KeyPrefix: pfx})
 	ctx := context.Background()
 	bad := []string{
 		"not json \xff\x00", // the script's check
@@ -386,7 +386,7 @@ func TestWaitWithoutBLMOVE(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: addr})
 	defer client.Close()
 	waits := &commandCounter{}
-	b := New(client, 0, Options{Logger: quietLogger(t), RestoreInterval: -1})
+	b := New(client, 0, Config{Logger: quietLogger(t), RestoreInterval: -1})
 	b.waiterHooks = []redis.Hook{waits}
 	defer b.Close()
 	ds := consume(t, b, 0, broker.Queue{Name: "q"})
@@ -442,7 +442,7 @@ func TestAckReplyLost(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: p.addr(), DB: faultDB,
 		MinRetryBackoff: time.Millisecond, MaxRetryBackoff: 5 * time.Millisecond})
 	defer client.Close()
-	b := New(client, faultDB, Options{Logger: quietLogger(t), KeyPrefix: pfx, RestoreInterval: -1})
+	b := New(client, faultDB, Config{Logger: quietLogger(t), KeyPrefix: pfx, RestoreInterval: -1})
 	defer b.Close()
 	ds := consume(t, b, 1, broker.Queue{Name: "q"})
 	publish(t, b, text("q", "acked"))

@@ -24,12 +24,12 @@ func TestOutage(t *testing.T) {
 	p := newProxy(t)
 	logs := &logCounter{}
 	ctx := context.Background()
-	b, err := Dial(ctx, "redis://"+p.addr()+"/10?dial_timeout=1s", Options{Logger: slog.New(logs), KeyPrefix: pfx})
+	b, err := Dial(ctx, "redis://"+p.addr()+"/10?dial_timeout=1s", Config{Logger: slog.New(logs), KeyPrefix: pfx})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	direct := dial(t, testDB, Options{KeyPrefix: pfx})
+	direct := dial(t, testDB, Config{KeyPrefix: pfx})
 	q := broker.Queue{Name: "q"}
 	ds := consume(t, b, 0, q)
 	publish(t, b, text("q", "before"))
@@ -74,7 +74,7 @@ func TestOutage(t *testing.T) {
 func TestStopIdle(t *testing.T) {
 	pfx := unique("stopidle") + ":"
 	newAdmin(t, testDB).cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx, PollTimeout: 5 * time.Second})
+	b := dial(t, testDB, Config{KeyPrefix: pfx, PollTimeout: 5 * time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	ds, err := b.Consume(ctx, []broker.Queue{{Name: "q"}}, 1)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 func TestRoundTrip(t *testing.T) {
 	pfx := unique("rt") + ":"
 	newAdmin(t, testDB).cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	q := broker.Queue{Name: "rt"}
 	ds := consume(t, b, 4, q)
 
@@ -87,7 +87,7 @@ func TestPriorityLists(t *testing.T) {
 	pfx := unique("pri") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	for _, tt := range tests {
 		p := text("q", strconv.Itoa(tt.priority))
 		p.Properties.Priority = tt.priority
@@ -122,7 +122,7 @@ func TestRouting(t *testing.T) {
 	pfx := unique("route") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	ctx := context.Background()
 	err := b.Declare(ctx,
 		broker.Queue{Name: "d1", Exchange: "dx", RoutingKey: "k"},
@@ -223,7 +223,7 @@ func TestSettle(t *testing.T) {
 			pfx := unique("settle") + ":"
 			a := newAdmin(t, testDB)
 			a.cleanupPrefix(pfx)
-			b := dial(t, testDB, Options{KeyPrefix: pfx})
+			b := dial(t, testDB, Config{KeyPrefix: pfx})
 			q := broker.Queue{Name: "q"}
 			publish(t, b, text("q", "msg"))
 			ds := consume(t, b, 1, q)
@@ -272,7 +272,7 @@ func TestSettle(t *testing.T) {
 					t.Errorf("settling twice: %v, want ErrAlreadySettled", err)
 				}
 			}
-			other := dial(t, testDB, Options{KeyPrefix: pfx})
+			other := dial(t, testDB, Config{KeyPrefix: pfx})
 			if err := other.Ack(d); !errors.Is(err, ErrForeignDelivery) {
 				t.Errorf("settling with another broker: %v, want ErrForeignDelivery", err)
 			}
@@ -284,7 +284,7 @@ func TestQoS(t *testing.T) {
 	pfx := unique("qos") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	q := broker.Queue{Name: "q"}
 	for i := range 5 {
 		publish(t, b, text("q", strconv.Itoa(i)))
@@ -329,7 +329,7 @@ func TestQoS(t *testing.T) {
 func TestRoundRobin(t *testing.T) {
 	pfx := unique("rr") + ":"
 	newAdmin(t, testDB).cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	for i := range 4 {
 		publish(t, b, text("busy", "busy"+strconv.Itoa(i)))
 		publish(t, b, text("calm", "calm"+strconv.Itoa(i)))
@@ -355,7 +355,7 @@ func TestClose(t *testing.T) {
 	pfx := unique("close") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	q := broker.Queue{Name: "q"}
 	for i := range 5 {
 		publish(t, b, text("q", strconv.Itoa(i)))
@@ -415,7 +415,7 @@ func TestStopConsuming(t *testing.T) {
 	pfx := unique("stop") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	for i := range 3 {
 		publish(t, b, text("q", strconv.Itoa(i)))
 	}
@@ -464,7 +464,7 @@ func TestStaleAck(t *testing.T) {
 	pfx := unique("stale") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx, RestoreInterval: -1})
+	b := dial(t, testDB, Config{KeyPrefix: pfx, RestoreInterval: -1})
 	publish(t, b, text("q", "m"))
 	d := recv(t, consume(t, b, 1, broker.Queue{Name: "q"}))
 
@@ -478,7 +478,7 @@ func TestStaleAck(t *testing.T) {
 	env, _, _, _ := parseEntry([]byte(entry))
 	a.ZRem(ctx, pfx+"unacked_index", d.Tag)
 	a.HDel(ctx, pfx+"unacked", d.Tag)
-	other := dial(t, testDB, Options{KeyPrefix: pfx, RestoreInterval: -1})
+	other := dial(t, testDB, Config{KeyPrefix: pfx, RestoreInterval: -1})
 	a.RPush(ctx, pfx+"q", env)
 	d2 := recv(t, consume(t, other, 1, broker.Queue{Name: "q"}))
 	if d2.Tag != d.Tag {
@@ -510,7 +510,7 @@ func TestKeyPrefix(t *testing.T) {
 		{Name: "gt", Exchange: "gtx", ExchangeType: "topic", RoutingKey: "x.#"},
 		{Name: "gf", Exchange: "gfx", ExchangeType: "fanout", AutoDelete: true},
 	}
-	b := dial(t, otherDB, Options{KeyPrefix: pfx, VisibilityTimeout: time.Second, RestoreInterval: 100 * time.Millisecond})
+	b := dial(t, otherDB, Config{KeyPrefix: pfx, VisibilityTimeout: time.Second, RestoreInterval: 100 * time.Millisecond})
 	if err := b.Declare(ctx, qs...); err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +586,7 @@ func TestIdle(t *testing.T) {
 	defer client.Close()
 	counter, waits := &commandCounter{}, &commandCounter{}
 	client.AddHook(counter)
-	b := New(client, testDB, Options{Logger: quietLogger(t), KeyPrefix: pfx})
+	b := New(client, testDB, Config{Logger: quietLogger(t), KeyPrefix: pfx})
 	b.waiterHooks = []redis.Hook{waits}
 	defer b.Close()
 	consume(t, b, 4, broker.Queue{Name: "idle"})
@@ -673,7 +673,7 @@ func TestPopTakesTheFreeCredit(t *testing.T) {
 	pfx := unique("batch") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	var pops atomic.Int32
 	b.testHook = func(point string) {
 		if point == "popped" {

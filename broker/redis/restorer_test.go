@@ -17,7 +17,7 @@ func TestRestoreRouting(t *testing.T) {
 	pfx := unique("rroute") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx, VisibilityTimeout: time.Minute, RestoreInterval: -1})
+	b := dial(t, testDB, Config{KeyPrefix: pfx, VisibilityTimeout: time.Minute, RestoreInterval: -1})
 	ctx := context.Background()
 	// Bindings as another process declared them: this broker knows
 	// neither exchange's type.
@@ -115,7 +115,7 @@ func TestRequeueOrigin(t *testing.T) {
 	pfx := unique("origin") + ":"
 	a := newAdmin(t, testDB)
 	a.cleanupPrefix(pfx)
-	b := dial(t, testDB, Options{KeyPrefix: pfx})
+	b := dial(t, testDB, Config{KeyPrefix: pfx})
 	q1 := broker.Queue{Name: "q1", Exchange: "dx", RoutingKey: "k"}
 	q2 := broker.Queue{Name: "q2", Exchange: "dx", RoutingKey: "k"}
 	if err := b.Declare(context.Background(), q1, q2); err != nil {

@@ -74,7 +74,7 @@ func failover(t *testing.T, s *redis.SentinelClient) (string, string) {
 }
 
 func TestSentinelURL(t *testing.T) {
-	_, err := Dial(context.Background(), sentinelURL, Options{})
+	_, err := Dial(context.Background(), sentinelURL, Config{})
 	if err == nil || !strings.Contains(err.Error(), "master_name") {
 		t.Fatalf("Dial without master_name: %v, want an error naming master_name", err)
 	}
@@ -93,7 +93,7 @@ func TestSentinelFailover(t *testing.T) {
 	// takes writes again once the old one resynced as its replica).
 	const vt = 10 * time.Second
 	ctx := context.Background()
-	b, err := Dial(ctx, sentinelURL, Options{Logger: quietLogger(t), KeyPrefix: pfx, VisibilityTimeout: vt,
+	b, err := Dial(ctx, sentinelURL, Config{Logger: quietLogger(t), KeyPrefix: pfx, VisibilityTimeout: vt,
 		RestoreInterval: 300 * time.Millisecond, TransportOptions: map[string]any{"master_name": sentinelMaster, "wait_replicas": 1.0}})
 	if err != nil {
 		t.Fatal(err)

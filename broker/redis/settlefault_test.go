@@ -51,7 +51,7 @@ func TestSettleErrorRetried(t *testing.T) {
 	ctx := context.Background()
 	a := redis.NewClient(&redis.Options{Addr: addr})
 	defer a.Close()
-	b, err := Dial(ctx, "redis://"+addr+"/0", Options{Logger: quietLogger(t), RestoreInterval: -1})
+	b, err := Dial(ctx, "redis://"+addr+"/0", Config{Logger: quietLogger(t), RestoreInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestStaleRestored(t *testing.T) {
 	p := newProxy(t)
 	const vt = time.Second
 	ctx := context.Background()
-	cut, err := Dial(ctx, "redis://"+p.addr()+"/14?dial_timeout=200ms", Options{Logger: quietLogger(t), KeyPrefix: pfx,
+	cut, err := Dial(ctx, "redis://"+p.addr()+"/14?dial_timeout=200ms", Config{Logger: quietLogger(t), KeyPrefix: pfx,
 		VisibilityTimeout: vt, RestoreInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestStaleRestored(t *testing.T) {
 	time.Sleep(vt / 2) // the keep-alive runs again
 
 	p.cut()
-	other := dial(t, faultDB, Options{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond})
+	other := dial(t, faultDB, Config{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond})
 	od := recv(t, consume(t, other, 0, broker.Queue{Name: "q"}))
 	if string(od.Body) != "held" || !od.Redelivered {
 		t.Fatalf("the other consumer got %q (redelivered %v)", od.Body, od.Redelivered)
@@ -139,7 +139,7 @@ func TestStaleUnconfirmed(t *testing.T) {
 	p := newProxy(t)
 	const vt = time.Second
 	ctx := context.Background()
-	cut, err := Dial(ctx, "redis://"+p.addr()+"/14?dial_timeout=200ms", Options{Logger: quietLogger(t), KeyPrefix: pfx,
+	cut, err := Dial(ctx, "redis://"+p.addr()+"/14?dial_timeout=200ms", Config{Logger: quietLogger(t), KeyPrefix: pfx,
 		VisibilityTimeout: vt, RestoreInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestStaleUnconfirmed(t *testing.T) {
 		t.Errorf("Ack of the given-up delivery: %v, want ErrStaleDelivery", err)
 	}
 	p.heal()
-	other := dial(t, faultDB, Options{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond})
+	other := dial(t, faultDB, Config{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond})
 	ods := consume(t, other, 0, broker.Queue{Name: "q"})
 	// Either consumer may receive the restored message (the first has its
 	// credit back): once in all.

@@ -56,7 +56,7 @@ func parseURL(raw string, tlsConfig *tls.Config) (*redis.Options, string, error)
 //
 // The transport option wait_replicas (a number) fills opts.WaitReplicas
 // when that is zero.
-func newClient(raw string, opts *Options) (*redis.Client, int, string, error) {
+func newClient(raw string, opts *Config) (*redis.Client, int, string, error) {
 	if v, ok := opts.TransportOptions["wait_replicas"]; ok && opts.WaitReplicas == 0 {
 		n, err := strconv.Atoi(strings.TrimSuffix(fmt.Sprint(v), ".0"))
 		if err != nil || n < 0 {

@@ -82,7 +82,7 @@ func (sf *storeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&sf.redisURL, "redis", envOr("REDBEAT_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis holding the schedule (redbeat_redis_url; env REDBEAT_REDIS_URL; gocelery beat defaults to the Redis result backend, then a Redis broker)")
 	fs.StringVar(&sf.prefix, "key-prefix", beat.DefaultKeyPrefix, "key prefix (redbeat_key_prefix)")
 	sf.options = make(map[string]any)
-	fs.Var(dial.OptionsFlag(sf.options), "redis-transport-option", "KEY=VALUE for the store's connection, repeatable (master_name=mymaster for a sentinel:// --redis); VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(sf.options), "redis-transport-option", "KEY=VALUE for the store's connection, repeatable (master_name=mymaster for a sentinel:// --redis); VALUE may be JSON")
 }
 
 func (sf *storeFlags) open() (goredis.UniversalClient, *beat.Store, error) {
@@ -106,8 +106,8 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	brokerURL := fs.String("broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, redis://; env CELERY_BROKER_URL)")
 	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, sentinel://): the last run's state and result are recorded on the entry")
 	bopts, ropts := make(map[string]any), make(map[string]any)
-	fs.Var(dial.OptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
-	fs.Var(dial.OptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
 	file := fs.String("schedule-file", "", "YAML schedule file synced into the store on start (entries removed from it are removed)")
 	ttl := fs.Duration("lock-ttl", beat.DefaultLockTTL, "leader lock TTL: a dead leader is replaced within it")
 	missed := fs.String("missed", "once", "a run found late (downtime, clock jump): once (send it once) or skip (if later than --grace)")
@@ -179,7 +179,7 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 	defer closeBroker()
 	var backend *results.Redis
 	if *backendURL != "" {
-		if backend, err = results.OpenRedis(*backendURL, results.Options{TransportOptions: ropts}); err != nil {
+		if backend, err = results.OpenRedis(*backendURL, results.Config{TransportOptions: ropts}); err != nil {
 			return err
 		}
 		defer backend.Close()
@@ -200,7 +200,7 @@ func beatRun(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 func openBeatBroker(ctx context.Context, url string, topts map[string]any, log *slog.Logger) (producer.Broker, func(), error) {
-	b, err := dial.Broker(ctx, url, dial.Options{Logger: log, TransportOptions: topts})
+	b, err := dial.Broker(ctx, url, dial.Config{Logger: log, TransportOptions: topts})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -132,8 +132,8 @@ func beatPGRun(ctx context.Context, args []string, stderr io.Writer) error {
 	brokerURL := fs.String("broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, redis://; env CELERY_BROKER_URL)")
 	backendURL := fs.String("result-backend", envOr("CELERY_RESULT_BACKEND", ""), "result backend URL (redis://, sentinel://): each run's state and result are recorded on the entry")
 	bopts, ropts := make(map[string]any), make(map[string]any)
-	fs.Var(dial.OptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
-	fs.Var(dial.OptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(bopts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable; VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(ropts), "result-backend-transport-option", "KEY=VALUE of result_backend_transport_options, repeatable; VALUE may be JSON")
 	file := fs.String("schedule-file", "", "YAML schedule file written into the store on start")
 	ttl := fs.Duration("lock-ttl", beat.DefaultLockTTL, "how long a leader whose session checks fail keeps sending (a dead leader's lock is freed when its session ends)")
 	missed := fs.String("missed", "once", "a run found late (downtime, clock jump): once (send it once) or skip (if later than --grace)")
@@ -181,14 +181,14 @@ func beatPGRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Info("beat: schedule file written", "file", *file, "entries", len(entries))
 	}
-	b, err := dial.Broker(ctx, *brokerURL, dial.Options{Logger: log})
+	b, err := dial.Broker(ctx, *brokerURL, dial.Config{Logger: log})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
 	var backend *results.Redis
 	if *backendURL != "" {
-		if backend, err = results.OpenRedis(*backendURL, results.Options{TransportOptions: ropts}); err != nil {
+		if backend, err = results.OpenRedis(*backendURL, results.Config{TransportOptions: ropts}); err != nil {
 			return err
 		}
 		defer backend.Close()

@@ -72,9 +72,9 @@ func runDemo(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.
 
 	bclient := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), DB: 0})
 	defer bclient.Close()
-	b := brokerredis.New(bclient, 0, brokerredis.Options{Logger: log})
+	b := brokerredis.New(bclient, 0, brokerredis.Config{Logger: log})
 	defer b.Close()
-	backend, err := results.OpenRedis(backendURL, results.Options{})
+	backend, err := results.OpenRedis(backendURL, results.Config{})
 	if err != nil {
 		return err
 	}

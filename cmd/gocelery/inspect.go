@@ -82,7 +82,7 @@ func runRemote(ctx context.Context, kind string, cmds map[string]remoteCommand, 
 	brokerURL := fs.String("broker", envOr("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"), "broker URL (amqp://, redis://, sentinel://, or a list amqp://h1//;amqp://h2//; env CELERY_BROKER_URL)")
 	fs.StringVar(brokerURL, "b", *brokerURL, "shorthand for --broker")
 	topts := make(map[string]any)
-	fs.Var(dial.OptionsFlag(topts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable (master_name=mymaster for sentinel://); VALUE may be JSON")
+	fs.Var(dial.TransportOptionsFlag(topts), "broker-transport-option", "KEY=VALUE of broker_transport_options, repeatable (master_name=mymaster for sentinel://); VALUE may be JSON")
 	strategy := fs.String("broker-failover-strategy", "round-robin", "order in which a broker URL list is tried: round-robin or shuffle")
 	timeout := fs.Float64("timeout", 1.0, "seconds to wait for replies")
 	fs.Float64Var(timeout, "t", 1.0, "shorthand for --timeout")
@@ -139,7 +139,7 @@ func runRemote(ctx context.Context, kind string, cmds map[string]remoteCommand, 
 	if err != nil {
 		return err
 	}
-	t, err := dial.Broker(ctx, *brokerURL, dial.Options{TransportOptions: topts, FailoverStrategy: *strategy})
+	t, err := dial.Broker(ctx, *brokerURL, dial.Config{TransportOptions: topts, FailoverStrategy: *strategy})
 	if err != nil {
 		return err
 	}

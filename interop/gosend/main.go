@@ -51,7 +51,7 @@ func run() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := worker.DialBroker(ctx, f.BrokerURL, worker.DialOptions{})
+	b, err := worker.DialBroker(ctx, f.BrokerURL, worker.DialConfig{})
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func run(ctx context.Context, args []string) error {
 	// The tasks that send canvases themselves (chain_add, chord_add,
 	// build_chain_inside_task, add_to_chord) publish on a connection of
 	// their own, as a Python task's app.send_task does.
-	pb, err := worker.DialBroker(ctx, o.BrokerURL, worker.DialOptions{Logger: log})
+	pb, err := worker.DialBroker(ctx, o.BrokerURL, worker.DialConfig{Logger: log})
 	if err != nil {
 		return fmt.Errorf("producer broker: %w", err)
 	}
