@@ -61,8 +61,10 @@ func TestLockElectsOneAndFences(t *testing.T) {
 	}
 }
 
-// runScheduler runs s until the test ends.
-func runScheduler(t *testing.T, s *Scheduler) context.CancelFunc {
+// runScheduler runs s until the test ends or stop is called; stop
+// returns once Run has, so what s was doing (a send and its OnSend) is
+// over when the test reads it.
+func runScheduler(t *testing.T, s *Scheduler) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -70,8 +72,9 @@ func runScheduler(t *testing.T, s *Scheduler) context.CancelFunc {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return cancel
+	stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestReplicasSendEachRunOnce runs three schedulers on one store with a
@@ -88,7 +91,7 @@ func TestReplicasSendEachRunOnce(t *testing.T) {
 	var mu sync.Mutex
 	var events []SendEvent
 	sender := &recordingSender{}
-	cancels := make([]context.CancelFunc, 3)
+	cancels := make([]func(), 3)
 	for i := range cancels {
 		s := New(rdb, sender, Config{KeyPrefix: prefix, LockTTL: 600 * time.Millisecond,
 			OnSend: func(ev SendEvent) { mu.Lock(); events = append(events, ev); mu.Unlock() }})
