@@ -699,6 +699,25 @@ func (b *Broker) Publish(ctx context.Context, p broker.Publishing) error {
 	return b.pub.publish(ctx, p.Exchange, p.RoutingKey, p.Mandatory, &m)
 }
 
+// PublishAsync writes p and returns without waiting for the broker's
+// confirm, so one goroutine can keep many publishes in flight (the bulk
+// path of producer.SendTaskAsync). wait waits for the confirm and returns
+// what Publish would have: nil, ErrNacked, broker.ErrUnroutable for a
+// mandatory message no queue took, or ErrUnconfirmed when wait's context
+// ends first. A message whose connection drops before its confirm is sent
+// again by wait, so delivery is at least once only if wait is called; a
+// publish never waited on is as Celery's default, unconfirmed.
+func (b *Broker) PublishAsync(ctx context.Context, p broker.Publishing) (wait func(context.Context) error, err error) {
+	if b.isClosed() {
+		return nil, broker.ErrClosed
+	}
+	m, err := publishingOf(&p)
+	if err != nil {
+		return nil, fmt.Errorf("amqp: publish: %w", err)
+	}
+	return b.pub.publishAsync(ctx, p.Exchange, p.RoutingKey, p.Mandatory, &m)
+}
+
 // Connected reports whether the connection is up, for health checks.
 func (b *Broker) Connected() bool {
 	return !b.isClosed() && b.conn.current() != nil

@@ -474,3 +474,57 @@ func isChannelError(code int) bool {
 	}
 	return false
 }
+
+// publishAsync writes m and returns without waiting for the confirm; wait
+// waits for it and returns what publish would have. A message whose
+// channel closes before its confirm is sent again by wait (at least once,
+// as publish); one refused with a channel error is sent by publish's retry
+// loop. When the write itself fails, publishAsync falls back to publish.
+func (p *publisher) publishAsync(ctx context.Context, exchange, key string, mandatory bool, m *amqp.Publishing) (wait func(context.Context) error, err error) {
+	pc, err := p.channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	blocking := func() (func(context.Context) error, error) {
+		if err := p.publish(ctx, exchange, key, mandatory, m); err != nil {
+			return nil, err
+		}
+		return confirmed, nil
+	}
+	if retry, err := pc.checkExchange(exchange); err != nil || retry {
+		return blocking()
+	}
+	k := pendingKey(exchange, key, m)
+	if k != "" && pc.inDoubt(k) != nil {
+		return blocking() // the retry of an in-doubt publish: publishOn resolves it
+	}
+	dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, *m)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return blocking()
+	}
+	return func(wctx context.Context) error {
+		select {
+		case <-dc.Done():
+		case <-wctx.Done():
+			if k != "" {
+				pc.keepInDoubt(k, dc)
+			}
+			return fmt.Errorf("%w: %w", ErrUnconfirmed, wctx.Err())
+		}
+		if dc.Acked() {
+			return p.returned(pc, exchange, key, mandatory, m)
+		}
+		if pc.ch.IsClosed() {
+			// amqp091 nacks what was pending when the channel closed: the
+			// message may or may not have reached the queue; send it again.
+			return p.publish(wctx, exchange, key, mandatory, m)
+		}
+		return ErrNacked
+	}, nil
+}
+
+// confirmed is the wait of a publish already confirmed.
+func confirmed(context.Context) error { return nil }

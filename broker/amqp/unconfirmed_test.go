@@ -107,6 +107,20 @@ type stallProxy struct {
 	mu   sync.Mutex
 	cond *sync.Cond
 	held bool
+
+	cmu   sync.Mutex
+	conns []net.Conn
+}
+
+// drop closes every connection through the proxy (a network cut); the
+// bytes it held are lost. New connections are accepted as before.
+func (p *stallProxy) drop() {
+	p.cmu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	p.cmu.Unlock()
 }
 
 func (p *stallProxy) hold(on bool) {
@@ -133,8 +147,6 @@ func startStallProxy(t *testing.T, upstream string) *stallProxy {
 	p := &stallProxy{addr: ln.Addr().String()}
 	p.cond = sync.NewCond(&p.mu)
 	var wg sync.WaitGroup
-	var cmu sync.Mutex
-	var conns []net.Conn
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -148,9 +160,9 @@ func startStallProxy(t *testing.T, upstream string) *stallProxy {
 				c.Close()
 				continue
 			}
-			cmu.Lock()
-			conns = append(conns, c, s)
-			cmu.Unlock()
+			p.cmu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.cmu.Unlock()
 			pipe := func(dst, src net.Conn, gate bool) {
 				defer wg.Done()
 				defer dst.Close()
@@ -178,11 +190,7 @@ func startStallProxy(t *testing.T, upstream string) *stallProxy {
 	t.Cleanup(func() {
 		p.hold(false)
 		ln.Close()
-		cmu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		cmu.Unlock()
+		p.drop()
 		wg.Wait()
 	})
 	return p
