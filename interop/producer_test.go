@@ -183,6 +183,33 @@ func TestProducerWithPythonWorker(t *testing.T) {
 					t.Errorf("priority: %v", di)
 				}
 			}
+
+			// The bulk path: 200 tasks with their confirms in flight
+			// together, each run once by Python with its own arguments.
+			calls := make([]producer.Call, 200)
+			for i := range calls {
+				calls[i] = producer.Call{Name: "pyinterop.add", Args: []any{i, 1000}}
+			}
+			rs, err := p.SendTasks(ctx, calls)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range rs {
+				if v, err := r.Get(ctx); err != nil || v != int64(i+1000) {
+					t.Fatalf("bulk add %d = %v, %v", i, v, err)
+				}
+			}
+			// SendTaskAsync then Sent: the confirm is waited for apart.
+			r, err = p.SendTaskAsync(ctx, "pyinterop.add", []any{20, 22}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Sent(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := r.Get(ctx); err != nil || v != int64(42) {
+				t.Errorf("async add = %v, %v", v, err)
+			}
 		})
 	}
 }

@@ -52,3 +52,20 @@ func ExampleProducer_Apply() {
 	// celery proj.add[1 1], then 2 more step(s)
 	// <nil> true
 }
+
+// A batch sent from one goroutine with the broker's confirms in flight
+// together (on RabbitMQ, the broker's publish rate rather than a round
+// trip per task); SendTasks returns once every message is confirmed.
+func ExampleProducer_SendTasks() {
+	p := producer.New(printer{}, nil, producer.Config{DefaultQueue: "celery"})
+	calls := []producer.Call{
+		{Name: "proj.resize", Args: []any{"a.png"}},
+		{Name: "proj.resize", Args: []any{"b.png"}, Options: []producer.Option{producer.Queue("images")}},
+	}
+	rs, err := p.SendTasks(context.Background(), calls)
+	fmt.Println(len(rs), err)
+	// Output:
+	// celery proj.resize[a.png], then 0 more step(s)
+	// images proj.resize[b.png], then 0 more step(s)
+	// 2 <nil>
+}
