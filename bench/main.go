@@ -226,6 +226,24 @@ func publishBench(brokerURL, python string, n int) error {
 		fmt.Printf("  %-46s %8.0f/s  %5.1fx Python defaults, %5.1fx Python with confirms, %3.0f%% of raw\n",
 			label, rate, rate/pyRate, rate/pyConfirmRate, 100*rate/ceiling)
 	}
+	for _, m := range []struct {
+		label string
+		mode  publishMode
+	}{
+		{"Go SendTaskAsync, 1 goroutine, 1024 unconfirmed", publishAsync},
+		{"Go SendTasks, batches of 1000, 1 goroutine", publishBulk},
+	} {
+		rate, err := goPublishRateMode(brokerURL, n, 1, m.mode)
+		if err != nil {
+			return fmt.Errorf("go producer: %w", err)
+		}
+		if !isAMQP {
+			fmt.Printf("  %-46s %8.0f/s  %5.1fx Python\n", m.label, rate, rate/pyRate)
+			continue
+		}
+		fmt.Printf("  %-46s %8.0f/s  %5.1fx Python defaults, %5.1fx Python with confirms, %3.0f%% of raw\n",
+			m.label, rate, rate/pyRate, rate/pyConfirmRate, 100*rate/ceiling)
+	}
 	if isAMQP {
 		// delivery_mode=1 (apply_async's transient): RabbitMQ skips the disk.
 		rate, err := goPublishRate(brokerURL, n, 64, producer.Transient())
@@ -335,6 +353,19 @@ func deleteQueue(url, q string) {
 // number of goroutines (publisher confirms on) to a fresh queue, then
 // deletes it.
 func goPublishRate(url string, n, workers int, opts ...producer.Option) (float64, error) {
+	return goPublishRateMode(url, n, workers, publishSync, opts...)
+}
+
+// publishMode is how goPublishRateMode's goroutines send.
+type publishMode int
+
+const (
+	publishSync  publishMode = iota // SendTask: each call waits for its confirm
+	publishAsync                    // SendTaskAsync, Sent 1024 calls later
+	publishBulk                     // SendTasks of 1000 calls
+)
+
+func goPublishRateMode(url string, n, workers int, mode publishMode, opts ...producer.Option) (float64, error) {
 	ctx := context.Background()
 	b, err := worker.DialBroker(ctx, url, worker.DialConfig{})
 	if err != nil {
@@ -350,10 +381,49 @@ func goPublishRate(url string, n, workers int, opts ...producer.Option) (float64
 	start := time.Now()
 	for w := range workers {
 		go func() {
-			for i := w; i < n; i += workers {
-				if _, err := p.SendTask(ctx, "interop.add", []any{i, i}, nil, opts...); err != nil {
-					errs <- err
-					return
+			switch mode {
+			case publishAsync:
+				const window = 1024
+				var inFlight []*producer.AsyncResult
+				for i := w; i < n; i += workers {
+					r, err := p.SendTaskAsync(ctx, "interop.add", []any{i, i}, nil, opts...)
+					if err != nil {
+						errs <- err
+						return
+					}
+					inFlight = append(inFlight, r)
+					if len(inFlight) > window {
+						if err := inFlight[0].Sent(ctx); err != nil {
+							errs <- err
+							return
+						}
+						inFlight = inFlight[1:]
+					}
+				}
+				for _, r := range inFlight {
+					if err := r.Sent(ctx); err != nil {
+						errs <- err
+						return
+					}
+				}
+			case publishBulk:
+				var calls []producer.Call
+				for i := w; i < n; i += workers {
+					calls = append(calls, producer.Call{Name: "interop.add", Args: []any{i, i}, Options: opts})
+					if len(calls) == 1000 || i+workers >= n {
+						if _, err := p.SendTasks(ctx, calls); err != nil {
+							errs <- err
+							return
+						}
+						calls = calls[:0]
+					}
+				}
+			default:
+				for i := w; i < n; i += workers {
+					if _, err := p.SendTask(ctx, "interop.add", []any{i, i}, nil, opts...); err != nil {
+						errs <- err
+						return
+					}
 				}
 			}
 			errs <- nil
