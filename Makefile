@@ -69,7 +69,9 @@ celery-suite-replace:
 # 5681-5683, started and stopped by the tests through scripts/services.sh;
 # the cluster costs a core while it runs, about 30 s) and the Sentinel
 # failover and kill -9 scenarios with the Go worker and Celery 5.7 side by
-# side (about 100 s). The Go Sentinel tests also run in make test.
+# side (about 100 s), and beat's one-leader-across-failover test (about
+# 26 s). The Redis broker's Go Sentinel failover test runs in make test.
 ha: services
 	GOCELERY_HA=1 go test -race -count=1 -run 'TestCluster' -v ./broker/amqp/
+	GOCELERY_HA=1 go test -race -count=1 -run 'TestSentinelFailoverOneLeader' -v ./beat/
 	.venv/bin/pytest -q -s --timeout=300 interop/python/test_redis_sentinel.py

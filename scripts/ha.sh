@@ -183,7 +183,11 @@ EOF
 
 cluster_up() {
     command -v rabbitmq-server >/dev/null || die "rabbitmq-server missing (scripts/services.sh installs it)"
-    if port_open "${RABBIT_PORTS[0]}"; then log "cluster: already up"; return; fi
+    local up=0 port
+    for port in "${RABBIT_PORTS[@]}"; do port_open "$port" && up=$((up + 1)); done
+    if [ "$up" -eq 3 ]; then log "cluster: already up"; return; fi
+    # Part of a cluster (a run that died before its cleanup): start afresh.
+    [ "$up" -eq 0 ] || cluster_down
     rm -rf "$HA_DIR"/rabbit-* "$HA_DIR/home"
     mkdir -p "$HA_DIR/home"
     echo "gocelery-ha-cookie" >"$HA_DIR/home/.erlang.cookie"

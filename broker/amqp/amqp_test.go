@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"reflect"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -341,6 +342,31 @@ func TestNack(t *testing.T) {
 	publish(t, b, text(q.Name, "1"))
 	if err := b.Publish(context.Background(), text(q.Name, "2")); !errors.Is(err, ErrNacked) {
 		t.Fatalf("publish to a full queue: %v, want ErrNacked", err)
+	}
+	// A nack moves later publishes to a new channel (see recycle): they,
+	// and the ones in flight on the old channel, are confirmed; the full
+	// queue keeps refusing.
+	other := broker.Queue{Name: unique("afternack"), Transient: true, AutoDelete: true}
+	if err := b.Declare(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if i%5 == 0 {
+				if err := b.Publish(context.Background(), text(q.Name, "more")); !errors.Is(err, ErrNacked) {
+					t.Errorf("publish %d to the full queue: %v, want ErrNacked", i, err)
+				}
+				return
+			}
+			if err := b.Publish(context.Background(), text(other.Name, "ok")); err != nil {
+				t.Errorf("publish %d after a nack: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := newAdmin(t).messages(other.Name); n != 16 {
+		t.Errorf("%d messages in %s, want 16", n, other.Name)
 	}
 }
 

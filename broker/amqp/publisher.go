@@ -403,6 +403,7 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 		if pc.ch.IsClosed() { // amqp091 nacks what was pending when a channel closes
 			return p.closedErr(pc, exchange)
 		}
+		p.recycle(pc)
 		return false, ErrNacked
 	}
 	return false, p.returned(pc, exchange, key, mandatory, m)
@@ -522,8 +523,32 @@ func (p *publisher) publishAsync(ctx context.Context, exchange, key string, mand
 			// message may or may not have reached the queue; send it again.
 			return p.publish(wctx, exchange, key, mandatory, m)
 		}
+		p.recycle(pc)
 		return ErrNacked
 	}, nil
+}
+
+// recycleDelay is how long a recycled channel stays open for the confirms
+// of the publishes already written on it.
+const recycleDelay = 5 * time.Second
+
+// recycle moves later publishes to a new channel after a nack, and closes
+// pc once the confirms in flight on it had time to come. RabbitMQ 3.10.8
+// keeps nacking every publish to a quorum queue on a channel that first
+// published to it while the queue's leader was down (make ha,
+// TestClusterKillNode: nacked for 10 minutes, while a new channel on the
+// same node was confirmed at once); a queue that is full (x-overflow
+// reject-publish) costs one channel per nack.
+func (p *publisher) recycle(pc *pubChannel) {
+	p.mu.Lock()
+	if p.pc != pc {
+		p.mu.Unlock()
+		return
+	}
+	p.pc = nil
+	p.mu.Unlock()
+	p.logger.Debug("amqp: publish nacked, later publishes use a new channel")
+	time.AfterFunc(recycleDelay, func() { _ = pc.ch.Close() })
 }
 
 // confirmed is the wait of a publish already confirmed.
