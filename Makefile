@@ -31,7 +31,8 @@ gotest:
 # scenarios (Go and Celery side by side, about 100 s) are in make ha.
 pytest:
 	.venv/bin/pytest -q --durations=15 --timeout=300 \
-		--ignore=interop/python/test_redis_sentinel.py interop/python
+		--ignore=interop/python/test_redis_sentinel.py \
+		--ignore=interop/python/test_rabbitmq_cluster.py interop/python
 	# The broker-neutral suites again with Redis as broker (kombu's layout).
 	INTEROP_BROKER_URL=redis://127.0.0.1:6379/4 .venv/bin/pytest -q --timeout=300 \
 		interop/python/test_go_worker.py interop/python/test_two_services.py \
@@ -69,9 +70,10 @@ celery-suite-replace:
 # 5681-5683, started and stopped by the tests through scripts/services.sh;
 # the cluster costs a core while it runs, about 30 s) and the Sentinel
 # failover and kill -9 scenarios with the Go worker and Celery 5.7 side by
-# side (about 100 s), and beat's one-leader-across-failover test (about
+# side (about 100 s), the same for a kill -9 of a cluster node
+# (test_rabbitmq_cluster.py, about 70 s), and beat's one-leader-across-failover test (about
 # 26 s). The Redis broker's Go Sentinel failover test runs in make test.
 ha: services
 	GOCELERY_HA=1 go test -race -count=1 -run 'TestCluster' -v ./broker/amqp/
 	GOCELERY_HA=1 go test -race -count=1 -run 'TestSentinelFailoverOneLeader' -v ./beat/
-	.venv/bin/pytest -q -s --timeout=300 interop/python/test_redis_sentinel.py
+	.venv/bin/pytest -q -s --timeout=400 interop/python/test_redis_sentinel.py interop/python/test_rabbitmq_cluster.py

@@ -34,7 +34,9 @@ app.conf.update(
     broker_url=BROKER,
     result_backend=BACKEND,
     task_default_queue=QUEUE,
-    task_queues=(Queue(QUEUE),),
+    # PYINTEROP_QUEUE_TYPE=quorum: the cluster tests' quorum queue.
+    task_queues=(Queue(QUEUE, queue_arguments=(
+        {"x-queue-type": os.environ["PYINTEROP_QUEUE_TYPE"]} if os.environ.get("PYINTEROP_QUEUE_TYPE") else None)),),
     result_extended=True,
     task_serializer="json",
     result_serializer="json",
