@@ -17,25 +17,10 @@ import (
 // again by their wait on the next connection: every message reaches the
 // queue, none twice.
 func TestPublishAsyncConfirmsAndResendsAfterADrop(t *testing.T) {
-	needRabbit(t)
-	proxy := startStallProxy(t, "127.0.0.1:5672")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Config{Logger: quietLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	a := newAdmin(t)
-	q := unique("async")
-	a.cleanup([]string{q}, nil)
-	if err := b.Declare(ctx, broker.Queue{Name: q}); err != nil {
-		t.Fatal(err)
-	}
-	msg := func(id string) broker.Publishing {
-		return broker.Publishing{RoutingKey: q, Mandatory: true, Raw: protocol.Raw{ContentType: "application/json",
-			Properties: protocol.Properties{CorrelationID: id, DeliveryMode: 2}, Body: []byte(`[[], {}, {}]`)}}
-	}
+	b, proxy, a, msg := proxied(t, ctx, "async")
+	q := msg("").RoutingKey
 	send := func(prefix string, n int) []func(context.Context) error {
 		waits := make([]func(context.Context) error, n)
 		for i := range n {

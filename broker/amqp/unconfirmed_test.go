@@ -21,25 +21,11 @@ import (
 // disturbed); beat's TestRunSentOnceThroughPublisherStall does it with a
 // real memory alarm.
 func TestRetryOfUnconfirmedPublishSendsOnce(t *testing.T) {
-	needRabbit(t)
-	proxy := startStallProxy(t, "127.0.0.1:5672")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Config{Logger: quietLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	a := newAdmin(t)
-	q := unique("unconfirmed")
-	a.cleanup([]string{q}, nil)
-	if err := b.Declare(ctx, broker.Queue{Name: q}); err != nil {
-		t.Fatal(err)
-	}
-	msg := func(id string) broker.Publishing {
-		return broker.Publishing{RoutingKey: q, Raw: protocol.Raw{ContentType: "application/json",
-			Properties: protocol.Properties{CorrelationID: id, DeliveryMode: 2}, Body: []byte(`[[], {}, {}]`)}}
-	}
+	b, proxy, a, msg := proxied(t, ctx, "unconfirmed")
+	q := msg("").RoutingKey
+	var err error
 	// The publishing channel opens with the first publish.
 	if err := b.Publish(ctx, msg("warm-up")); err != nil {
 		t.Fatal(err)
@@ -97,6 +83,31 @@ func TestRetryOfUnconfirmedPublishSendsOnce(t *testing.T) {
 	if seen["run-1"] != 1 || seen["run-2"] != 1 || seen["run-3"] != 1 || seen["warm-up"] != 1 {
 		t.Errorf("copies in the queue: %v, want each message once", seen)
 	}
+}
+
+// proxied dials the shared RabbitMQ through a stall proxy and declares a
+// fresh queue named from prefix; msg builds a persistent Celery-shaped
+// message to it with the given correlation id. All closed at the end.
+func proxied(t *testing.T, ctx context.Context, prefix string) (*Broker, *stallProxy, *admin, func(id string) broker.Publishing) {
+	t.Helper()
+	needRabbit(t)
+	proxy := startStallProxy(t, "127.0.0.1:5672")
+	b, err := Dial(ctx, "amqp://guest:guest@"+proxy.addr+"//", Config{Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	a := newAdmin(t)
+	q := unique(prefix)
+	a.cleanup([]string{q}, nil)
+	if err := b.Declare(ctx, broker.Queue{Name: q}); err != nil {
+		t.Fatal(err)
+	}
+	msg := func(id string) broker.Publishing {
+		return broker.Publishing{RoutingKey: q, Mandatory: true, Raw: protocol.Raw{ContentType: "application/json",
+			Properties: protocol.Properties{CorrelationID: id, DeliveryMode: 2}, Body: []byte(`[[], {}, {}]`)}}
+	}
+	return b, proxy, a, msg
 }
 
 // stallProxy forwards TCP to upstream; while held, it stops passing the

@@ -153,3 +153,78 @@ def flask_result(client, result_id, timeout=15.0):
         if time.monotonic() > deadline:
             pytest.fail(f"/result/{result_id} not ready after {timeout}s: {body}", pytrace=False)
         time.sleep(0.02)
+
+
+class CounterLoad:
+    """Counter tasks under a fault: one task per key, sent from a thread by
+    send_one(key) (each retried for up to 15 s, a failed try counted as a
+    send error), and the runs per key read back from Redis, where each run
+    INCRs its key. sent / lost / ran twice are counted from these."""
+
+    def __init__(self, rdb, keys, send_one, pause=0.0):
+        import threading
+        self.rdb, self.keys, self.send_one, self.pause = rdb, keys, send_one, pause
+        self.confirmed, self.send_errors = [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self):
+        for k in self.keys:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not self.stop.is_set():
+                try:
+                    self.send_one(k)
+                    self.confirmed.append(k)
+                    break
+                except Exception:  # refused or cut by the fault: send again
+                    self.send_errors += 1
+                    time.sleep(0.1)
+            if self.pause:
+                time.sleep(self.pause)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def counts(self):
+        pipe = self.rdb.pipeline()
+        for k in self.keys:
+            pipe.get(k)
+        return [int(v or 0) for v in pipe.execute()]
+
+    def ran(self):
+        return sum(1 for v in self.counts() if v)
+
+    def wait_ran(self, n, timeout, what):
+        deadline = time.monotonic() + timeout
+        while self.ran() < n:
+            assert time.monotonic() < deadline, f"no progress: {what}"
+            time.sleep(0.1)
+
+    def resumed_after(self, at, before, budget, margin=0):
+        """Seconds from at until more than before + margin keys ran, or
+        None within budget seconds."""
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            if self.ran() > before + margin:
+                return time.monotonic() - at
+            time.sleep(0.1)
+        return None
+
+    def finish(self, join, settle):
+        """Stops sending after join seconds, waits up to settle seconds for
+        every confirmed key to run, and returns sent, lost, twice and
+        send_errors."""
+        self.thread.join(join)
+        self.stop.set()
+        sent = set(self.confirmed)
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            counts = self.counts()
+            if all(counts[i] for i, k in enumerate(self.keys) if k in sent):
+                break
+            time.sleep(0.2)
+        counts = self.counts()
+        return {"sent": len(sent),
+                "lost": sum(1 for i, k in enumerate(self.keys) if k in sent and not counts[i]),
+                "twice": sum(1 for v in counts if v > 1), "send_errors": self.send_errors}

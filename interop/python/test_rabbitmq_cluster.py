@@ -18,13 +18,13 @@ import json
 import os
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 
 import pytest
 
 from conftest import REDIS_DB, REDIS_HOST, REDIS_PORT, GoWorker, PyWorker
+from interop_helpers import CounterLoad
 
 NODES = [5681, 5682, 5683]
 BROKER = ";".join(f"amqp://guest:guest@127.0.0.1:{p}//" for p in NODES)
@@ -100,62 +100,20 @@ def scenario(kind, goworker_bin, tmp_path, rdb, prefix):
     keys = [f"{prefix}{queue}:{i}" for i in range(N)]
     worker = start_worker(kind, goworker_bin, tmp_path, queue)
     app = celery_app(queue)
-    confirmed, errors = [], [0]
-    stop = threading.Event()
-
-    def send():
-        for k in keys:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not stop.is_set():
-                try:
-                    app.send_task(task, (k,), queue=queue)
-                    confirmed.append(k)
-                    break
-                except Exception:  # refused or cut by the kill: send again
-                    errors[0] += 1
-                    time.sleep(0.1)
-
-    def done():
-        pipe = rdb.pipeline()
-        for k in keys:
-            pipe.get(k)
-        return [int(v or 0) for v in pipe.execute()]
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    load = CounterLoad(rdb, keys, lambda k: app.send_task(task, (k,), queue=queue)).start()
     try:
-        deadline = time.monotonic() + 90
-        while sum(1 for v in done() if v) < N // 3:
-            assert time.monotonic() < deadline, f"{kind} worker made no progress:\n{worker.tail()}"
-            time.sleep(0.1)
+        load.wait_ran(N // 3, 90, f"{kind} worker:\n{worker.tail()}")
         os.kill(node_pid(1), 9)
         at = time.monotonic()
-        before = sum(1 for v in done() if v)
-        resumed = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and resumed is None:
-            if sum(1 for v in done() if v) > before + 10:
-                resumed = time.monotonic() - at
-            time.sleep(0.1)
-        sender.join(120)
-        stop.set()
-        sent = set(confirmed)
-        deadline = time.monotonic() + (60 if resumed is not None else 5)
-        while time.monotonic() < deadline:
-            counts = done()
-            if all(counts[i] for i, k in enumerate(keys) if k in sent):
-                break
-            time.sleep(0.2)
-        counts = done()
-        fig = {"worker": "Go" if kind == "go" else "Celery 5.7", "sent": len(sent),
-               "lost": sum(1 for i, k in enumerate(keys) if k in sent and not counts[i]),
-               "twice": sum(1 for v in counts if v > 1), "send_errors": errors[0],
+        resumed = load.resumed_after(at, load.ran(), 30, margin=10)
+        fig = {"worker": "Go" if kind == "go" else "Celery 5.7",
+               **load.finish(120, 60 if resumed is not None else 5),
                "resumed": resumed if resumed is not None else float("nan")}
         FIGURES.append(fig)
         print(f"\n[cluster] {fig}")
         return fig, worker
     finally:
-        stop.set()
+        load.stop.set()
         worker.stop()
         app.close()
         services("cluster-revive", "1")

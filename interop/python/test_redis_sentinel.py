@@ -18,7 +18,6 @@ the Go worker's results through the same sentinels.
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 
@@ -26,6 +25,7 @@ import pytest
 import redis
 
 from conftest import REDIS_DB, REDIS_HOST, REDIS_PORT, GoWorker, PyWorker
+from interop_helpers import CounterLoad
 
 MASTER = "gocelery-ha"
 SENTINELS = [("127.0.0.1", p) for p in (26479, 26480, 26481)]
@@ -122,37 +122,16 @@ def scenario(kind, event, goworker_bin, tmp_path, rdb, prefix):
     keys = [f"{prefix}{queue}:{i}" for i in range(N)]
     worker = start_worker(kind, goworker_bin, tmp_path, queue)
     app = celery_app()
-    confirmed, errors, results = [], [0], []
-    stop = threading.Event()
+    results = []
 
-    def send():
-        for i, k in enumerate(keys):
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not stop.is_set():
-                try:
-                    r = app.send_task(task, (k,), queue=queue, retry=False)
-                    confirmed.append(k)
-                    if i % 100 == 0:
-                        results.append(r)
-                    break
-                except Exception:  # refused by a master without replica: send again
-                    errors[0] += 1
-                    time.sleep(0.1)
-            time.sleep(0.003)
+    def send_one(k):
+        r = app.send_task(task, (k,), queue=queue, retry=False)
+        if len(results) < N // 100 and int(k.rsplit(":", 1)[1]) % 100 == 0:
+            results.append(r)
 
-    def done():
-        pipe = rdb.pipeline()
-        for k in keys:
-            pipe.get(k)
-        return [int(v or 0) for v in pipe.execute()]
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    load = CounterLoad(rdb, keys, send_one, pause=0.003).start()
     try:
-        deadline = time.monotonic() + 60
-        while sum(1 for v in done() if v) < N // 3:
-            assert time.monotonic() < deadline, f"{kind} worker made no progress:\n{worker.tail()}"
-            time.sleep(0.1)
+        load.wait_ran(N // 3, 60, f"{kind} worker made no progress:\n{worker.tail()}")
         old = master_port()
         at = time.monotonic()
         if event == "SENTINEL FAILOVER":
@@ -163,28 +142,11 @@ def scenario(kind, event, goworker_bin, tmp_path, rdb, prefix):
                 os.kill(int(f.read()), signal.SIGKILL)
             wait_new_master(old)
             services("sentinel-revive")
-        before = sum(1 for v in done() if v)
-        resumed = None
         # Celery's worker may never come back: give it the Go worker's
         # budget, not more, and report what it did.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and resumed is None:
-            if sum(1 for v in done() if v) > before:
-                resumed = time.monotonic() - at
-            time.sleep(0.1)
-        sender.join(40)
-        stop.set()
-        sent = set(confirmed)
-        deadline = time.monotonic() + (30 if resumed is not None else 5)
-        while time.monotonic() < deadline:
-            counts = done()
-            if all(counts[i] for i, k in enumerate(keys) if k in sent):
-                break
-            time.sleep(0.2)
-        counts = done()
+        resumed = load.resumed_after(at, load.ran(), 20)
         fig = {"worker": "Go" if kind == "go" else "Celery 5.7", "event": event,
-               "sent": len(sent), "lost": sum(1 for i, k in enumerate(keys) if k in sent and not counts[i]),
-               "twice": sum(1 for v in counts if v > 1), "send_errors": errors[0],
+               **load.finish(40, 30 if resumed is not None else 5),
                "resumed": resumed if resumed is not None else float("nan")}
         FIGURES.append(fig)
         print(f"\n[sentinel] {fig}")
@@ -195,7 +157,7 @@ def scenario(kind, event, goworker_bin, tmp_path, rdb, prefix):
                 assert r.get(timeout=30) >= 1
         return fig, worker
     finally:
-        stop.set()
+        load.stop.set()
         t0 = time.monotonic()
         worker.stop()
         app.close()
