@@ -36,6 +36,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+# Imported here, once: the arms' threads importing celery for the first
+# time at once can see its lazily built module half made ("cannot import
+# name 'Celery' from 'celery'", seen in a clean-clone run).
+from celery import Celery
+from kombu import Connection, Exchange, Producer, Queue
 
 from conftest import HERE, REPO_ROOT, GoWorker, Proc, attach_log, new_uid
 
@@ -176,7 +181,6 @@ class RabbitBroker:
 
     def queue_len(self, impl, name):
         from amqp.exceptions import NotFound
-        from kombu import Connection
         with Connection(AMQP_URL, connect_timeout=5) as conn:
             try:
                 return conn.channel().queue_declare(queue=name, passive=True).message_count
@@ -431,14 +435,12 @@ class Arm:
     def _declare(self):
         """Declares the queue as Celery does (direct exchange and routing key
         named after the queue), so messages can wait before a worker starts."""
-        from kombu import Connection, Exchange, Queue
         with Connection(self.broker.url(self.impl), connect_timeout=5) as conn:
             Queue(self.queue, Exchange(self.queue), routing_key=self.queue)(
                 conn.default_channel).declare()
 
     def send(self, n, sleep=0.0, eta=None, name="interop.counter"):
         """Publishes n counter tasks (new keys); returns their indexes."""
-        from celery import Celery
         app = Celery("faults-sender", broker=self.broker.url(self.impl), backend=BACKEND_URL,
                      set_as_current=False)
         first = len(self.keys)
@@ -458,8 +460,6 @@ class Arm:
     def send_poison(self):
         """A body that is not JSON under valid task headers, and a task name
         no worker registers: each counts as one message sent."""
-        from celery import Celery
-        from kombu import Connection, Producer
         with Connection(self.broker.url(self.impl), connect_timeout=5) as conn:
             tid = str(uuid.uuid4())
             Producer(conn.default_channel).publish(
