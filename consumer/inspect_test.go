@@ -57,15 +57,55 @@ func TestRevokeBeforeRunAndTerminate(t *testing.T) {
 		if got := w.Remote().Revoke(context.Background(), []string{"t-run"}, true); len(got) != 1 {
 			t.Fatalf("terminated %v", got)
 		}
-		// The revoke stores REVOKED "revoked" at once, then the handler's end
-		// "terminated".
-		be.Wait(t, "t-run", results.Revoked)
+		// A task running here records its own outcome, as in Celery 5.7:
+		// one REVOKED, "terminated", when its handler returns.
 		m := be.Wait(t, "t-run", results.Revoked)
 		if exc, _ := m.Result.(*results.Exception); exc == nil || exc.Message[0] != "terminated" {
 			t.Errorf("stored %+v", m.Result)
 		}
 		waitFor(t, "no active task", func() bool { return len(w.Remote().Active()) == 0 })
+		if got := be.States("t-run"); len(got) != 1 {
+			t.Errorf("states of t-run %v, want one REVOKED", got)
+		}
 	})
+}
+
+// The revoke command stores REVOKED only where no worker has taken the task
+// over, as Celery 5.7's _revoke: over PENDING (nothing stored), RECEIVED,
+// RETRY or REJECTED, never over a ready state or another worker's STARTED
+// or custom state.
+func TestRevokeStoresOnlyOverStatesNobodyOwns(t *testing.T) {
+	for _, tc := range []struct {
+		before string // "" stores nothing first
+		stored bool
+	}{
+		{"", true},
+		{results.Retry, true},
+		{results.Started, false},
+		{"PROGRESS", false},
+		{results.Success, false},
+		{results.Failure, false},
+	} {
+		t.Run("over "+tc.before, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				_, be, w := consumertest.StartWorker(t, consumer.NewMux(), consumer.Config{})
+				ctx := context.Background()
+				if tc.before != "" {
+					if err := be.Store(ctx, &results.Meta{TaskID: "t-1", Status: tc.before}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				w.Remote().Revoke(ctx, []string{"t-1"}, false)
+				m, _ := be.Get(ctx, "t-1")
+				if got := m.Status == results.Revoked; got != tc.stored {
+					t.Errorf("revoke over %q left %s, want REVOKED stored %v", tc.before, m.Status, tc.stored)
+				}
+				if !w.Remote().IsRevoked("t-1") {
+					t.Error("t-1 not flagged as revoked")
+				}
+			})
+		})
+	}
 }
 
 func TestScheduledAndReserved(t *testing.T) {

@@ -93,9 +93,13 @@ func (rc *Remote) Revoke(ctx context.Context, ids []string, terminate bool) []st
 		}
 	}
 	var terminated []string
+	active := map[string]bool{}
 	w.track.mu.Lock()
 	for _, id := range ids {
 		t := w.track.reqs[id]
+		if t != nil && t.state == StateActive {
+			active[id] = true
+		}
 		if t == nil || !terminate || t.state != StateActive || t.cancel == nil {
 			continue
 		}
@@ -108,14 +112,46 @@ func (rc *Remote) Revoke(ctx context.Context, ids []string, terminate bool) []st
 		if w.backend == nil {
 			break
 		}
-		// Celery 5.6.2+ stores REVOKED at once, without request fields;
-		// a stored SUCCESS is never overwritten.
+		// Celery 5.6.2+ stores REVOKED at once, without request fields,
+		// and 5.7 only where no worker has taken the task over (see
+		// mayStoreRevoked). A task running here records its own outcome
+		// (REVOKED "terminated" when terminate cancelled it).
+		if active[id] || !w.mayStoreRevoked(ctx, id) {
+			continue
+		}
 		m := &results.Meta{TaskID: id, Status: results.Revoked, Result: results.TaskRevokedError("revoked"), NullChildren: true}
 		if err := w.backend.Store(ctx, m); err != nil {
 			w.log.Warn("storing REVOKED failed", "id", id, "err", err)
 		}
 	}
 	return terminated
+}
+
+// stateReader is a result backend that can read a task's state
+// (*results.Redis); with one, revoke checks it before storing REVOKED.
+type stateReader interface {
+	Get(ctx context.Context, taskID string) (*results.Meta, error)
+}
+
+// mayStoreRevoked reports whether the revoke command may store REVOKED for
+// id, as Celery 5.7's does: only over PENDING, RECEIVED, RETRY or REJECTED.
+// A ready state is the task's result; STARTED or a custom state (PROGRESS)
+// is another worker's, which records the outcome itself. A backend that
+// cannot read states, or a read that fails, stores it as before.
+func (w *Worker) mayStoreRevoked(ctx context.Context, id string) bool {
+	sr, ok := w.backend.(stateReader)
+	if !ok {
+		return true
+	}
+	m, err := sr.Get(ctx, id)
+	if err != nil || m == nil {
+		return true
+	}
+	switch m.Status {
+	case results.Pending, results.Received, results.Retry, results.Rejected:
+		return true
+	}
+	return false
 }
 
 // Revoked returns the revoked ids still remembered, with when they were

@@ -115,6 +115,19 @@ func (b *Backend) Store(_ context.Context, m *results.Meta) error {
 	return nil
 }
 
+// Get returns the last state stored for taskID, or PENDING, as a result
+// backend reads it.
+func (b *Backend) Get(_ context.Context, taskID string) (*results.Meta, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := len(b.metas) - 1; i >= 0; i-- {
+		if b.metas[i].TaskID == taskID {
+			return b.metas[i], nil
+		}
+	}
+	return &results.Meta{TaskID: taskID, Status: results.Pending}, nil
+}
+
 // Metas returns every state stored so far, in order.
 func (b *Backend) Metas() []*results.Meta {
 	b.mu.Lock()
