@@ -389,6 +389,18 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 		}
 		return false, fmt.Errorf("amqp: publish: %w", err)
 	}
+	closed, err := p.confirmOf(ctx, pc, k, dc, exchange, key, mandatory, m)
+	if closed {
+		return p.closedErr(pc, exchange)
+	}
+	return false, err
+}
+
+// confirmOf waits for the confirm of m, written on pc, and returns what the
+// publish comes to; closed reports that pc closed before the confirm came
+// (amqp091 nacks what was pending then), so m must be sent again.
+func (p *publisher) confirmOf(ctx context.Context, pc *pubChannel, k string, dc *amqp.DeferredConfirmation,
+	exchange, key string, mandatory bool, m *amqp.Publishing) (closed bool, err error) {
 	select {
 	case <-dc.Done():
 	case <-ctx.Done():
@@ -399,14 +411,14 @@ func (p *publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 		}
 		return false, fmt.Errorf("%w: %w", ErrUnconfirmed, ctx.Err())
 	}
-	if !dc.Acked() {
-		if pc.ch.IsClosed() { // amqp091 nacks what was pending when a channel closes
-			return p.closedErr(pc, exchange)
-		}
-		p.recycle(pc)
-		return false, ErrNacked
+	if dc.Acked() {
+		return false, p.returned(pc, exchange, key, mandatory, m)
 	}
-	return false, p.returned(pc, exchange, key, mandatory, m)
+	if pc.ch.IsClosed() {
+		return true, nil
+	}
+	p.recycle(pc)
+	return false, ErrNacked
 }
 
 // returned is the error for a confirmed mandatory message that the broker
@@ -507,24 +519,13 @@ func (p *publisher) publishAsync(ctx context.Context, exchange, key string, mand
 		return blocking()
 	}
 	return func(wctx context.Context) error {
-		select {
-		case <-dc.Done():
-		case <-wctx.Done():
-			if k != "" {
-				pc.keepInDoubt(k, dc)
-			}
-			return fmt.Errorf("%w: %w", ErrUnconfirmed, wctx.Err())
-		}
-		if dc.Acked() {
-			return p.returned(pc, exchange, key, mandatory, m)
-		}
-		if pc.ch.IsClosed() {
-			// amqp091 nacks what was pending when the channel closed: the
-			// message may or may not have reached the queue; send it again.
+		closed, err := p.confirmOf(wctx, pc, k, dc, exchange, key, mandatory, m)
+		if closed {
+			// The message may or may not have reached the queue: send it
+			// again, with publish's retries.
 			return p.publish(wctx, exchange, key, mandatory, m)
 		}
-		p.recycle(pc)
-		return ErrNacked
+		return err
 	}, nil
 }
 

@@ -187,14 +187,10 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	// The drain's last acks may still be on their way: a settle refused
 	// during the switch (NOREPLICAS) is retried until it lands.
-	deadline = time.Now().Add(5 * time.Second)
-	n2, _ := nm.HLen(ctx, pfx+"unacked").Result()
-	for ; n2 != 0 && time.Now().Before(deadline); n2, _ = nm.HLen(ctx, pfx+"unacked").Result() {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n2 != 0 {
-		t.Errorf("%d deliveries left unacked on the new master 5 s after the last ack", n2)
-	}
+	waitFor(t, 5*time.Second, "no delivery left unacked on the new master", func() bool {
+		n, _ := nm.HLen(ctx, pfx+"unacked").Result()
+		return n == 0
+	})
 
 	// The restore runs on the new master: a delivery of a consumer that
 	// died (recorded, never refreshed) comes back after the timeout.
