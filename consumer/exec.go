@@ -41,31 +41,64 @@ func limits(j *job) (hard, soft time.Duration) {
 	return hard, soft
 }
 
-// execute runs one task with Celery's ack, state and retry semantics.
+// execute runs one task with Celery's ack, state and retry semantics. The
+// handler holds one of the Concurrency slots; what follows it (storing the
+// result, the chord join, callbacks, a late ack) runs off the slot, so a
+// slot never idles on a result-backend round trip and concurrent tasks'
+// writes share round trips. At most Config.Concurrency handlers run at
+// once, as before; at most max(prefetch, Concurrency) tasks are finishing.
 func (w *Worker) execute(j *job) {
 	w.active.Add(1)
-	defer w.active.Add(-1)
-	defer w.processed.Add(1)
+	c := w.run(j)
+	if c == nil {
+		w.active.Add(-1)
+		w.processed.Add(1)
+		return
+	}
+	w.finishSlots <- struct{}{} // full: this slot waits, as it did before
+	w.finishing.Add(1)
+	go func() {
+		defer func() {
+			<-w.finishSlots
+			w.active.Add(-1)
+			w.processed.Add(1)
+			w.finishing.Done()
+		}()
+		w.conclude(j, c)
+	}()
+}
+
+// ran is what run hands to conclude.
+type ran struct {
+	o                            outcome
+	runtime                      time.Duration
+	terminated, acksLate, ignore bool
+}
+
+// run is a task's part on a slot: the checks before execution, the early
+// ack, STARTED, and the handler. It returns nil when there is nothing to
+// conclude.
+func (w *Worker) run(j *job) *ran {
 	r := j.req
 	// A message the broker has given back since it was received (its
 	// channel was lost while it waited for a slot) is delivered again:
 	// running this copy would run it twice.
 	if w.dropStale(j) {
-		return
+		return nil
 	}
 	// Celery checks expiry and revocation again just before execution.
 	if w.expired(j) || w.discardRevoked(j) {
-		return
+		return nil
 	}
 	if lim := w.limiter(r.Task); lim != nil {
 		// A rate-limited task waits for its turn, as in Celery's bucket.
 		if err := lim.Wait(w.taskCtx); err != nil {
 			w.trackDone(j)
 			w.requeue(j.d, "shutdown")
-			return
+			return nil
 		}
 		if w.dropStale(j) {
-			return
+			return nil
 		}
 	}
 	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
@@ -75,7 +108,7 @@ func (w *Worker) execute(j *job) {
 		if err := j.d.Ack(); err != nil {
 			if errors.Is(err, broker.ErrStaleDelivery) {
 				w.staleDropped(j)
-				return
+				return nil
 			}
 			w.logSettle("ack", j.d, err)
 		}
@@ -88,9 +121,12 @@ func (w *Worker) execute(j *job) {
 	w.observe(TaskStarted, r, nil)
 	start := time.Now()
 	o := w.call(j)
-	runtime := time.Since(start)
-	terminated := w.trackDone(j)
+	return &ran{o: o, runtime: time.Since(start), terminated: w.trackDone(j), acksLate: acksLate, ignore: ignore}
+}
 
+// conclude settles a task that ran: its state, workflow and late ack.
+func (w *Worker) conclude(j *job, c *ran) {
+	r, o, runtime, terminated, acksLate, ignore := j.req, c.o, c.runtime, c.terminated, c.acksLate, c.ignore
 	redeliver := false // set when the workflow asks for the message again
 	settleLate := func(ok bool, requeue bool) {
 		if !acksLate {

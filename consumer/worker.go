@@ -154,6 +154,8 @@ type Worker struct {
 	concurrency int
 	prefetch    int
 	jobs        chan *job
+	finishSlots chan struct{}  // bounds the tasks finishing off their slot (see execute)
+	finishing   sync.WaitGroup // those tasks
 
 	eta *etaHeld
 
@@ -242,6 +244,7 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		w.prefetch = w.concurrency * m
 	}
 	w.jobs = make(chan *job)
+	w.finishSlots = make(chan struct{}, max(w.prefetch, w.concurrency))
 	w.eta = newETAHeld(w)
 	return w, nil
 }
@@ -345,6 +348,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		pool.Wait()
+		w.finishing.Wait()
 		close(done)
 	}()
 	timer := time.NewTimer(w.cfg.ShutdownTimeout)

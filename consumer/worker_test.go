@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -493,6 +494,91 @@ func TestEagerApply(t *testing.T) {
 		var exc *results.Exception
 		if _, err := e.Apply(ctx, "missing", nil, nil); !errors.As(err, &exc) || exc.Type != "NotRegistered" {
 			t.Errorf("missing = %v", err)
+		}
+	})
+}
+
+// gatedBackend blocks every Store until open is closed, counting the
+// stores under way.
+type gatedBackend struct {
+	*consumertest.Backend
+	open    chan struct{}
+	waiting atomic.Int32
+}
+
+func (g *gatedBackend) Store(ctx context.Context, m *results.Meta) error {
+	g.waiting.Add(1)
+	<-g.open
+	return g.Backend.Store(ctx, m)
+}
+
+// A slot is free again once its handler returns: the next task runs while
+// the last one's result is still being written, Concurrency still bounds
+// the handlers, a late ack still waits for its result, and a warm shutdown
+// waits for the writes.
+func TestSlotFreedWhileResultIsStored(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mux := consumer.NewMux()
+		var running, most, ran atomic.Int32
+		mux.HandleFunc("t", func(ctx context.Context, r *consumer.Request) (any, error) {
+			n := running.Add(1)
+			if n > most.Load() {
+				most.Store(n)
+			}
+			time.Sleep(time.Millisecond)
+			running.Add(-1)
+			ran.Add(1)
+			return nil, nil
+		}, consumer.TaskOptions{AcksLate: consumer.Bool(true)})
+		b := consumertest.NewBroker()
+		be := &gatedBackend{Backend: consumertest.NewBackend(), open: make(chan struct{})}
+		w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		var opened sync.Once
+		openStores := func() { opened.Do(func() { close(be.open) }) }
+		defer func() { // a failed check must not leave the bubble blocked
+			openStores()
+			cancel()
+			<-done
+		}()
+		const n = 3
+		for i := range n {
+			b.Send(t, string(rune('1'+i)), msg(string(rune('a'+i)), "t"))
+		}
+		time.Sleep(time.Second) // the bubble's clock: moves once all else is blocked
+		if ran.Load() != n || be.waiting.Load() != n {
+			t.Fatalf("with every store blocked: %d of %d handlers ran, %d stores waiting; want all", ran.Load(), n, be.waiting.Load())
+		}
+		if most.Load() != 1 {
+			t.Errorf("%d handlers ran at once with Concurrency 1", most.Load())
+		}
+		if acks := b.Acks(); len(acks) != 0 {
+			t.Fatalf("acks_late messages acked before their results were stored: %v", acks)
+		}
+		cancel()
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("Run returned while results were still being stored")
+		default:
+		}
+		openStores()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		done <- nil // for the deferred receive
+		if acks := b.Acks(); len(acks) != n {
+			t.Errorf("acks = %v, want %d", acks, n)
+		}
+		for i := range n {
+			if got := be.States(string(rune('a' + i))); len(got) != 1 || got[0] != results.Success {
+				t.Errorf("task %c: states %v, want [SUCCESS]", 'a'+i, got)
+			}
 		}
 	})
 }
