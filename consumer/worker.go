@@ -64,7 +64,10 @@ const (
 // which is what keeps two apps on one broker apart.
 type Config struct {
 	Queues []broker.Queue
-	// Concurrency is the number of tasks run at once; 0 means 4 x CPUs.
+	// Concurrency is the number of handlers run at once; 0 means 4 x CPUs.
+	// What follows a handler (storing its result, the chord join, a late
+	// ack) does not hold the slot: up to max(prefetch, Concurrency) tasks
+	// are finishing at once, so a slot never waits on the result backend.
 	Concurrency int
 	// PrefetchMultiplier sets prefetch = Concurrency x multiplier
 	// (Celery's worker_prefetch_multiplier); 0 means 4, negative means
