@@ -42,15 +42,23 @@ func limits(j *job) (hard, soft time.Duration) {
 }
 
 // execute runs one task with Celery's ack, state and retry semantics. The
-// handler holds one of the Concurrency slots; what follows it (storing the
-// result, the chord join, callbacks, a late ack) runs off the slot, so a
-// slot never idles on a result-backend round trip and concurrent tasks'
-// writes share round trips. At most Config.Concurrency handlers run at
+// handler holds one of the Concurrency slots; for an early-acked task what
+// follows it (storing the result, the chord join, callbacks) runs off the
+// slot, so a slot never idles on a result-backend round trip and
+// concurrent tasks' writes share round trips. At most Config.Concurrency handlers run at
 // once, as before; at most max(prefetch, Concurrency) tasks are finishing.
 func (w *Worker) execute(j *job) {
 	w.active.Add(1)
 	c := w.run(j)
 	if c == nil {
+		w.active.Add(-1)
+		w.processed.Add(1)
+		return
+	}
+	if c.acksLate {
+		// A late-ack task keeps its slot until acked: a kill -9 then runs
+		// again at most Concurrency tasks that had already run.
+		w.conclude(j, c)
 		w.active.Add(-1)
 		w.processed.Add(1)
 		return

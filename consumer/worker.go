@@ -65,9 +65,11 @@ const (
 type Config struct {
 	Queues []broker.Queue
 	// Concurrency is the number of handlers run at once; 0 means 4 x CPUs.
-	// What follows a handler (storing its result, the chord join, a late
-	// ack) does not hold the slot: up to max(prefetch, Concurrency) tasks
-	// are finishing at once, so a slot never waits on the result backend.
+	// What follows an early-acked task's handler (storing its result, the
+	// chord join) does not hold the slot: up to max(prefetch, Concurrency)
+	// tasks are finishing at once, so a slot never waits on the result
+	// backend. A late-ack task holds its slot until acked, so a kill -9
+	// runs again at most Concurrency tasks.
 	Concurrency int
 	// PrefetchMultiplier sets prefetch = Concurrency x multiplier
 	// (Celery's worker_prefetch_multiplier); 0 means 4, negative means

@@ -512,10 +512,11 @@ func (g *gatedBackend) Store(ctx context.Context, m *results.Meta) error {
 	return g.Backend.Store(ctx, m)
 }
 
-// A slot is free again once its handler returns: the next task runs while
-// the last one's result is still being written, Concurrency still bounds
-// the handlers, a late ack still waits for its result, and a warm shutdown
-// waits for the writes.
+// An early-acked task's slot is free again once its handler returns: the
+// next task runs while the last one's result is still being written,
+// Concurrency still bounds the handlers, and a warm shutdown waits for the
+// writes. A late-ack task keeps its slot until its result is stored and
+// it is acked.
 func TestSlotFreedWhileResultIsStored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		mux := consumer.NewMux()
@@ -528,6 +529,11 @@ func TestSlotFreedWhileResultIsStored(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			running.Add(-1)
 			ran.Add(1)
+			return nil, nil
+		})
+		var lateRan atomic.Int32
+		mux.HandleFunc("late", func(ctx context.Context, r *consumer.Request) (any, error) {
+			lateRan.Add(1)
 			return nil, nil
 		}, consumer.TaskOptions{AcksLate: consumer.Bool(true)})
 		b := consumertest.NewBroker()
@@ -557,8 +563,17 @@ func TestSlotFreedWhileResultIsStored(t *testing.T) {
 		if most.Load() != 1 {
 			t.Errorf("%d handlers ran at once with Concurrency 1", most.Load())
 		}
-		if acks := b.Acks(); len(acks) != 0 {
-			t.Fatalf("acks_late messages acked before their results were stored: %v", acks)
+		if acks := b.Acks(); len(acks) != n {
+			t.Fatalf("early acks = %v, want %d", acks, n)
+		}
+		b.Send(t, "L1", msg("l1", "late"))
+		b.Send(t, "L2", msg("l2", "late"))
+		time.Sleep(time.Second)
+		if lateRan.Load() != 1 || be.waiting.Load() != n+1 {
+			t.Fatalf("late-ack tasks: %d ran, %d stores waiting; want 1 and %d (the slot held until the ack)", lateRan.Load(), be.waiting.Load(), n+1)
+		}
+		if acks := b.Acks(); len(acks) != n {
+			t.Fatalf("acks_late message acked before its result was stored: %v", acks)
 		}
 		cancel()
 		synctest.Wait()
@@ -572,8 +587,8 @@ func TestSlotFreedWhileResultIsStored(t *testing.T) {
 			t.Fatal(err)
 		}
 		done <- nil // for the deferred receive
-		if acks := b.Acks(); len(acks) != n {
-			t.Errorf("acks = %v, want %d", acks, n)
+		if acks := b.Acks(); len(acks) != n+1 || acks[n] != "L1" {
+			t.Errorf("acks = %v, want %d early and L1", acks, n)
 		}
 		for i := range n {
 			if got := be.States(string(rune('a' + i))); len(got) != 1 || got[0] != results.Success {
