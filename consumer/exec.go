@@ -45,35 +45,33 @@ func limits(j *job) (hard, soft time.Duration) {
 // handler holds one of the Concurrency slots; for an early-acked task what
 // follows it (storing the result, the chord join, callbacks) runs off the
 // slot, so a slot never idles on a result-backend round trip and
-// concurrent tasks' writes share round trips. At most Config.Concurrency handlers run at
-// once, as before; at most max(prefetch, Concurrency) tasks are finishing.
+// concurrent tasks' writes share round trips. At most Concurrency
+// handlers run at once; at most max(prefetch, Concurrency) tasks finish.
 func (w *Worker) execute(j *job) {
 	w.active.Add(1)
 	c := w.run(j)
-	if c == nil {
-		w.active.Add(-1)
-		w.processed.Add(1)
-		return
-	}
-	if c.acksLate {
-		// A late-ack task keeps its slot until acked: a kill -9 then runs
-		// again at most Concurrency tasks that had already run.
-		w.conclude(j, c)
-		w.active.Add(-1)
-		w.processed.Add(1)
+	// A late-ack task keeps its slot until acked: a kill -9 then runs again
+	// at most Concurrency tasks that had already run.
+	if c == nil || c.acksLate {
+		if c != nil {
+			w.conclude(j, c)
+		}
+		w.finished()
 		return
 	}
 	w.finishSlots <- struct{}{} // full: this slot waits, as it did before
 	w.finishing.Add(1)
 	go func() {
-		defer func() {
-			<-w.finishSlots
-			w.active.Add(-1)
-			w.processed.Add(1)
-			w.finishing.Done()
-		}()
+		defer w.finishing.Done()
 		w.conclude(j, c)
+		<-w.finishSlots
+		w.finished()
 	}()
+}
+
+func (w *Worker) finished() {
+	w.active.Add(-1)
+	w.processed.Add(1)
 }
 
 // ran is what run hands to conclude.

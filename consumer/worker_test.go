@@ -352,13 +352,7 @@ func TestWarmShutdownRequeuesHeldAndWaitsForRunning(t *testing.T) {
 		}, consumer.TaskOptions{AcksLate: consumer.Bool(true)})
 		mux.HandleFunc("later", func(ctx context.Context, r *consumer.Request) (any, error) { return nil, nil })
 		b, be := consumertest.NewBroker(), consumertest.NewBackend()
-		w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
+		cancel, done := runOneSlot(t, b, be, mux)
 		b.Send(t, "1", msg("l1", "long"))
 		b.Send(t, "2", &protocol.Message{ID: "e1", Task: "later", ETA: time.Now().Add(time.Hour)})
 		<-started
@@ -538,13 +532,7 @@ func TestSlotFreedWhileResultIsStored(t *testing.T) {
 		}, consumer.TaskOptions{AcksLate: consumer.Bool(true)})
 		b := consumertest.NewBroker()
 		be := &gatedBackend{Backend: consumertest.NewBackend(), open: make(chan struct{})}
-		w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
+		cancel, done := runOneSlot(t, b, be, mux)
 		var opened sync.Once
 		openStores := func() { opened.Do(func() { close(be.open) }) }
 		defer func() { // a failed check must not leave the bubble blocked
@@ -596,4 +584,18 @@ func TestSlotFreedWhileResultIsStored(t *testing.T) {
 			}
 		}
 	})
+}
+
+// runOneSlot runs a worker with Concurrency 1 on queue "q" until cancel;
+// done receives what Run returned.
+func runOneSlot(t *testing.T, b *consumertest.Broker, be consumer.Backend, mux *consumer.Mux) (cancel context.CancelFunc, done chan error) {
+	t.Helper()
+	w, err := consumer.New(b, be, mux, consumer.Config{Queues: []broker.Queue{{Name: "q"}}, Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done = make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return cancel, done
 }
