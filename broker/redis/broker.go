@@ -90,6 +90,11 @@ type Config struct {
 	// deliveries are kept alive, so it bounds only how long the messages
 	// of a crashed consumer wait.
 	VisibilityTimeout time.Duration
+	// UnackedMutexExpire is how long a restore scan's lock
+	// "unacked_mutex" lives if its holder dies before releasing it
+	// (kombu's unacked_mutex_expire, default 300s): for that long nobody
+	// restores anything. A scan gives up after half of it.
+	UnackedMutexExpire time.Duration
 	// KeyPrefix is kombu's global_keyprefix, prepended verbatim to every
 	// key and PUB/SUB channel.
 	KeyPrefix string
@@ -113,9 +118,11 @@ type Config struct {
 	// TLSConfig is used for rediss:// URLs; nil verifies the server
 	// against the system roots and the URL's host name.
 	TLSConfig *tls.Config
-	// TransportOptions are Celery's broker_transport_options that name
-	// the connection: for sentinel:// URLs master_name (required),
-	// sentinel_kwargs and the socket options (see Dial).
+	// TransportOptions are Celery's broker_transport_options: for
+	// sentinel:// URLs master_name (required), sentinel_kwargs and the
+	// socket options (see Dial); visibility_timeout and
+	// unacked_mutex_expire (seconds) fill the fields above left zero
+	// (Dial).
 	TransportOptions map[string]any
 	// WaitReplicas makes Publish confirm a message only once that many
 	// replicas have it (WAIT, up to WaitTimeout, default 1s; else it is
@@ -128,14 +135,13 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultVisibilityTimeout = time.Hour
-	DefaultRestoreInterval   = 10 * time.Second
-	DefaultPollTimeout       = time.Second
+	DefaultVisibilityTimeout  = time.Hour
+	DefaultUnackedMutexExpire = 300 * time.Second
+	DefaultRestoreInterval    = 10 * time.Second
+	DefaultPollTimeout        = time.Second
 )
 
 const (
-	// mutexTTL is kombu's unacked_mutex_expire (300 s).
-	mutexTTL = 300 * time.Second
 	// restoreBatch bounds each scan of unacked_index.
 	restoreBatch = 1000
 	// opTimeout bounds one round of bookkeeping with Redis when there is
@@ -159,6 +165,9 @@ func (o *Config) defaults() {
 	}
 	if o.VisibilityTimeout <= 0 {
 		o.VisibilityTimeout = DefaultVisibilityTimeout
+	}
+	if o.UnackedMutexExpire <= 0 {
+		o.UnackedMutexExpire = DefaultUnackedMutexExpire
 	}
 	if o.RestoreInterval == 0 {
 		o.RestoreInterval = DefaultRestoreInterval
@@ -185,7 +194,8 @@ type Broker struct {
 	// bindingRefresh overrides keepBindings' period (tests).
 	bindingRefresh time.Duration
 	// testHook, when set (tests), is called at fault-injection points:
-	// "popped", after a pop's reply and before anything else.
+	// "popped", after a pop's reply and before anything else;
+	// "restore-locked", once a restore scan holds unacked_mutex.
 	testHook func(point string)
 	// waiterHooks are added to the waiters' own client (tests).
 	waiterHooks []redis.Hook

@@ -25,15 +25,21 @@ const helperEnv = "GOCELERY_REDIS_TEST_HELPER"
 func runHelper() {
 	db, _ := strconv.Atoi(os.Getenv(helperEnv + "_DB"))
 	vt, _ := time.ParseDuration(os.Getenv(helperEnv + "_VT"))
+	// Killed during a restore scan it would hold unacked_mutex for its
+	// expiry (as a Python worker would), stopping the restores the tests
+	// wait for: no scans unless a test asks for them (_MUTEX_EXPIRE).
+	restoreEvery := time.Duration(-1)
+	mutexExpire, _ := time.ParseDuration(os.Getenv(helperEnv + "_MUTEX_EXPIRE"))
+	if mutexExpire > 0 {
+		restoreEvery = time.Hour // the first scan runs at once
+	}
 	ctx := context.Background()
 	b, err := Dial(ctx, redisURL(db), Config{
-		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
-		VisibilityTimeout: vt,
-		KeyPrefix:         os.Getenv(helperEnv + "_PREFIX"),
-		// Killed during a restore scan it would hold unacked_mutex for
-		// its 300 s (as a Python worker would), stopping the restores the
-		// tests wait for.
-		RestoreInterval: -1,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		VisibilityTimeout:  vt,
+		KeyPrefix:          os.Getenv(helperEnv + "_PREFIX"),
+		RestoreInterval:    restoreEvery,
+		UnackedMutexExpire: mutexExpire,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

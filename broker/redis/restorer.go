@@ -11,17 +11,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// maxRestoreRun bounds one restore run well inside the mutex's lifetime,
-// so the lock never expires under a run that is still restoring.
-const maxRestoreRun = mutexTTL / 2
-
 // maxWarned bounds the tags the restorer remembers having warned about.
 const maxWarned = 10000
 
 // restorer is the background component that brings back messages whose
 // consumer went away without settling them: kombu's restore_visible, run
 // every RestoreInterval, compatible with Python consumers doing the same
-// on the same keys. Under unacked_mutex (SET NX PX 300000, released by
+// on the same keys. Under unacked_mutex (SET NX PX UnackedMutexExpire, released by
 // compare-and-delete), it takes the tags of unacked_index scored at or
 // before now - VisibilityTimeout and, for each, atomically removes it from
 // unacked and RPUSHes the message, marked redelivered, to the front of the
@@ -93,16 +89,19 @@ func (r *restorer) run(ctx context.Context) (int, error) {
 	_, _ = rand.Read(t[:])
 	token := hex.EncodeToString(t[:])
 	// As redis-py's Lock, which kombu uses: SET NX PX.
-	err := b.client.Do(ctx, "SET", b.keys.mutex(), token, "NX", "PX", mutexTTL.Milliseconds()).Err()
+	err := b.client.Do(ctx, "SET", b.keys.mutex(), token, "NX", "PX", b.opts.UnackedMutexExpire.Milliseconds()).Err()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil // held by someone else
 	}
 	if b.health.observe(err) != nil {
 		return 0, err
 	}
+	if h := b.testHook; h != nil {
+		h("restore-locked")
+	}
 	defer func() {
 		// Released even when ctx is done: holding it would stop every
-		// consumer's restores for five minutes.
+		// consumer's restores until it expires.
 		rctx, cancel := opContext()
 		defer cancel()
 		_ = releaseScript.Run(rctx, b.client, []string{b.keys.mutex()}, token).Err()
@@ -112,7 +111,9 @@ func (r *restorer) run(ctx context.Context) (int, error) {
 	ceil := score(start.Add(-b.opts.VisibilityTimeout))
 	restored, skipped := 0, 0
 	routes := map[[2]string][]string{}
-	for time.Since(start) < maxRestoreRun && ctx.Err() == nil {
+	// A run ends well inside the mutex's lifetime, so the lock never
+	// expires under a run that is still restoring.
+	for time.Since(start) < b.opts.UnackedMutexExpire/2 && ctx.Err() == nil {
 		tags, err := b.client.ZRangeArgs(ctx, redis.ZRangeArgs{
 			Key: b.keys.unackedIdx(), Start: ceil, Stop: 0, ByScore: true, Rev: true,
 			Offset: int64(skipped), Count: restoreBatch,

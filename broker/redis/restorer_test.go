@@ -2,7 +2,12 @@ package redis
 
 import (
 	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -145,5 +150,91 @@ func TestRequeueOrigin(t *testing.T) {
 	}
 	if n := a.llen(pfx + "q2"); n != 1 {
 		t.Errorf("q2 holds %d messages, want its own copy only", n)
+	}
+}
+
+// TestRestoreAfterScannerKilled kills a consumer (a helper process) while
+// its restore scan holds unacked_mutex: the lock must expire after
+// UnackedMutexExpire, not kombu's default 300s, and another consumer then
+// restores the message a second crashed consumer left unacked.
+func TestRestoreAfterScannerKilled(t *testing.T) {
+	needRedis(t)
+	pfx := unique("scankill") + ":"
+	a := newAdmin(t, testDB)
+	a.cleanupPrefix(pfx)
+	const vt, expire = time.Second, 2 * time.Second
+	publish(t, dial(t, testDB, Config{KeyPrefix: pfx, RestoreInterval: -1}), text("q", "left"))
+	tag := crashedConsumer(t, testDB, pfx, "q", vt)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		helperEnv+"=1",
+		helperEnv+"_DB="+strconv.Itoa(testDB),
+		helperEnv+"_VT="+vt.String(),
+		helperEnv+"_PREFIX="+pfx,
+		helperEnv+"_QUEUE=other",
+		helperEnv+"_KILL_AT=restore-locked",
+		helperEnv+"_MUTEX_EXPIRE="+expire.String(),
+	)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err == nil {
+		t.Fatal("helper exited cleanly; want it killed in its scan")
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("helper did not die of SIGKILL in its scan: %v", cmd.ProcessState)
+	}
+	ttl, err := a.PTTL(ctx, pfx+"unacked_mutex").Result()
+	if err != nil || ttl <= 0 || ttl > expire {
+		t.Fatalf("unacked_mutex left with PTTL %v (%v), want (0, %v]", ttl, err, expire)
+	}
+
+	b := dial(t, testDB, Config{KeyPrefix: pfx, VisibilityTimeout: vt, RestoreInterval: 200 * time.Millisecond, UnackedMutexExpire: expire})
+	ds := consume(t, b, 1, broker.Queue{Name: "q"})
+	select {
+	case d := <-ds:
+		if d.Tag != tag || !d.Redelivered {
+			t.Fatalf("got %s (redelivered %v), want %s redelivered", d.Tag, d.Redelivered, tag)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(expire + 5*time.Second):
+		t.Fatalf("%s not restored %v after the scanner's death", tag, expire+5*time.Second)
+	}
+}
+
+func TestApplyTransportOptions(t *testing.T) {
+	tests := []struct {
+		opts    map[string]any
+		set     Config // fields already set
+		vt, mut time.Duration
+		replica int
+		err     bool
+	}{
+		{opts: map[string]any{}, vt: 0, mut: 0},
+		{opts: map[string]any{"visibility_timeout": 3600, "unacked_mutex_expire": 5.5}, vt: time.Hour, mut: 5500 * time.Millisecond},
+		{opts: map[string]any{"visibility_timeout": "43200"}, vt: 12 * time.Hour},
+		{opts: map[string]any{"visibility_timeout": 10}, set: Config{VisibilityTimeout: time.Minute}, vt: time.Minute},
+		{opts: map[string]any{"wait_replicas": 1.0}, replica: 1},
+		{opts: map[string]any{"visibility_timeout": "soon"}, err: true},
+		{opts: map[string]any{"unacked_mutex_expire": -1}, err: true},
+		{opts: map[string]any{"unacked_mutex_expire": 1e300}, err: true},
+		{opts: map[string]any{"wait_replicas": "x"}, err: true},
+	}
+	for _, tt := range tests {
+		c := tt.set
+		c.TransportOptions = tt.opts
+		err := applyTransportOptions(&c)
+		if tt.err {
+			if !errors.Is(err, ErrURL) {
+				t.Errorf("%v: err = %v, want ErrURL", tt.opts, err)
+			}
+			continue
+		}
+		if err != nil || c.VisibilityTimeout != tt.vt || c.UnackedMutexExpire != tt.mut || c.WaitReplicas != tt.replica {
+			t.Errorf("%v: got vt %v mutex %v replicas %d err %v, want %v %v %d", tt.opts, c.VisibilityTimeout, c.UnackedMutexExpire, c.WaitReplicas, err, tt.vt, tt.mut, tt.replica)
+		}
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -54,15 +56,11 @@ func parseURL(raw string, tlsConfig *tls.Config) (*redis.Options, string, error)
 // master, and connections to a replaced master are closed, so the
 // components' retries and BRPOP land on the new master.
 //
-// The transport option wait_replicas (a number) fills opts.WaitReplicas
-// when that is zero.
+// The transport options wait_replicas, visibility_timeout and
+// unacked_mutex_expire fill the fields of opts left zero.
 func newClient(raw string, opts *Config) (*redis.Client, int, string, error) {
-	if v, ok := opts.TransportOptions["wait_replicas"]; ok && opts.WaitReplicas == 0 {
-		n, err := strconv.Atoi(strings.TrimSuffix(fmt.Sprint(v), ".0"))
-		if err != nil || n < 0 {
-			return nil, 0, "", fmt.Errorf("%w: transport option wait_replicas: %v is not a count", ErrURL, v)
-		}
-		opts.WaitReplicas = n
+	if err := applyTransportOptions(opts); err != nil {
+		return nil, 0, "", err
 	}
 	if !redisurl.IsSentinel(raw) {
 		ropts, redacted, err := parseURL(raw, opts.TLSConfig)
@@ -79,4 +77,34 @@ func newClient(raw string, opts *Config) (*redis.Client, int, string, error) {
 		return nil, 0, "", err
 	}
 	return c.Client, c.DB, c.Redacted, nil
+}
+
+// applyTransportOptions fills opts' zero fields from the transport options
+// kombu's Redis channel reads (durations in seconds, as in Python).
+func applyTransportOptions(opts *Config) error {
+	if v, ok := opts.TransportOptions["wait_replicas"]; ok && opts.WaitReplicas == 0 {
+		n, err := strconv.Atoi(strings.TrimSuffix(fmt.Sprint(v), ".0"))
+		if err != nil || n < 0 {
+			return fmt.Errorf("%w: transport option wait_replicas: %v is not a count", ErrURL, v)
+		}
+		opts.WaitReplicas = n
+	}
+	for _, o := range []struct {
+		name string
+		d    *time.Duration
+	}{
+		{"visibility_timeout", &opts.VisibilityTimeout},
+		{"unacked_mutex_expire", &opts.UnackedMutexExpire},
+	} {
+		v, ok := opts.TransportOptions[o.name]
+		if !ok || *o.d != 0 {
+			continue
+		}
+		s, err := strconv.ParseFloat(fmt.Sprint(v), 64)
+		if err != nil || s <= 0 || s > math.MaxInt64/float64(time.Second) {
+			return fmt.Errorf("%w: transport option %s: %v is not a number of seconds", ErrURL, o.name, v)
+		}
+		*o.d = time.Duration(s * float64(time.Second))
+	}
+	return nil
 }

@@ -53,6 +53,10 @@ REDIS_DBS = {"go": 1, "celery": 2}
 # visibility_timeout; the Go worker's --visibility-timeout), short so that a
 # killed worker's deliveries come back within the run.
 REDIS_VT = 4
+# kombu's unacked_mutex_expire for the same scenarios, both arms: a worker
+# killed during a restore scan holds the scan lock until it expires (300s by
+# default), and no restore runs until then.
+REDIS_MUTEX_EXPIRE = 5
 IMPLS = ("go", "celery")
 
 ROWS = []  # (order, scenario, broker, worker, sent, lost, twice, secs, note)
@@ -355,7 +359,8 @@ class Arm:
             if track_started:
                 flags.append("--track-started")
             if vt:
-                flags += ["--visibility-timeout", f"{vt}s", "--restore-interval", "1s"]
+                flags += ["--visibility-timeout", f"{vt}s", "--restore-interval", "1s",
+                          "--broker-transport-option", f"unacked_mutex_expire={REDIS_MUTEX_EXPIRE}"]
             if soft:
                 flags += ["--soft-shutdown-timeout", str(soft)]
             if soft_on_idle:
@@ -373,7 +378,8 @@ class Arm:
                        FAULTS_SOFT_SHUTDOWN_ON_IDLE="1" if soft_on_idle else "",
                        FAULTS_TRANSPORT_OPTIONS=json.dumps(
                            {"visibility_timeout": vt, "unacked_restore_interval": 1,
-                            "unacked_restore_throttle": 1} if vt else {}))
+                            "unacked_restore_throttle": 1,
+                            "unacked_mutex_expire": REDIS_MUTEX_EXPIRE} if vt else {}))
             celery = os.path.join(os.path.dirname(sys.executable), "celery")
             if not os.path.exists(celery):
                 celery = os.path.join(REPO_ROOT, ".venv", "bin", "celery")
