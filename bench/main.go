@@ -542,11 +542,12 @@ func drainRaw(conn *amqp.Connection, q string, n, prefetch int) (result, error) 
 		return result{}, err
 	}
 	var start time.Time
+	var cpu0 time.Duration
 	for i := 0; i < n; i++ {
 		select {
 		case d := <-deliveries:
 			if i == 0 {
-				start = time.Now()
+				start, cpu0 = time.Now(), selfCPU()
 			}
 			if err := d.Ack(false); err != nil {
 				return result{}, err
@@ -556,7 +557,18 @@ func drainRaw(conn *amqp.Connection, q string, n, prefetch int) (result, error) 
 		}
 	}
 	// n-1 intervals between the first and the last delivery.
-	return result{rate: float64(n-1) / time.Since(start).Seconds()}, nil
+	return result{rate: float64(n-1) / time.Since(start).Seconds(), cpuPer: (selfCPU() - cpu0) / time.Duration(n-1)}, nil
+}
+
+// selfCPU is this process's CPU time so far (user and system): while the
+// raw consumer drains, nothing else here runs, so it is the CPU per task
+// amqp091-go itself spends receiving and acking a Celery message.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // procUsage returns CPU clock ticks (utime+stime) and peak RSS in KiB.
@@ -630,8 +642,11 @@ func printRows(all []result) map[string]float64 {
 		}
 		rate[r.name+"/"+res] = r.rate
 		fmt.Printf("%-24s %-8s %12.0f", r.name, res, r.rate)
-		if r.rssKB > 0 {
+		switch {
+		case r.rssKB > 0:
 			fmt.Printf("   peak RSS %.1f MB, CPU %.1f µs/task", float64(r.rssKB)/1024, float64(r.cpuPer.Nanoseconds())/1000)
+		case r.cpuPer > 0:
+			fmt.Printf("   CPU %.1f µs/task (this process: the client library's floor)", float64(r.cpuPer.Nanoseconds())/1000)
 		}
 		fmt.Println()
 	}
