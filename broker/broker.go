@@ -167,6 +167,24 @@ func (d *Delivery) Stale() bool {
 // Ack acknowledges the delivery: the broker forgets the message.
 func (d *Delivery) Ack() error { return d.Acker.Ack(d) }
 
+// deferredAcker is implemented by transports that can coalesce acks.
+type deferredAcker interface {
+	AckDeferred(d *Delivery) error
+}
+
+// AckDeferred acknowledges the delivery, but lets the transport hold the
+// ack for a moment (at most a millisecond or two, and never past Close)
+// to send it with others in one frame. It suits an early ack, sent as a
+// task starts: Celery's prefork worker also acks then asynchronously,
+// once the child reports the task started. Transports without the
+// capability ack at once, as Ack.
+func (d *Delivery) AckDeferred() error {
+	if a, ok := d.Acker.(deferredAcker); ok {
+		return a.AckDeferred(d)
+	}
+	return d.Acker.Ack(d)
+}
+
 // Reject gives the message back to the broker (requeue) or drops it (to
 // the queue's dead-letter exchange, when it has one).
 func (d *Delivery) Reject(requeue bool) error { return d.Acker.Reject(d, requeue) }

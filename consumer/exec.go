@@ -109,9 +109,11 @@ func (w *Worker) run(j *job) *ran {
 	}
 	acksLate := pick(j.opts.AcksLate, w.cfg.AcksLate)
 	if !acksLate {
-		// Early ack: at execution start, not at receipt. If the broker
-		// no longer has the message for us, it redelivers it: not ours to run.
-		if err := j.d.Ack(); err != nil {
+		// Early ack: at execution start, not at receipt, and deferred a
+		// moment to share a frame, as Celery's prefork parent acks once the
+		// child reports the start. If the broker no longer has the message
+		// for us, it redelivers it: not ours to run.
+		if err := j.d.AckDeferred(); err != nil {
 			if errors.Is(err, broker.ErrStaleDelivery) {
 				w.staleDropped(j)
 				return nil

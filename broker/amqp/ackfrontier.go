@@ -3,30 +3,60 @@ package amqp
 import (
 	"slices"
 	"sync"
+	"time"
 )
 
 // ackFrontier coalesces acks into basic.ack(multiple=true), which is most
-// of what RabbitMQ spends per message at high rates. Only the frontier is
-// coalesced: a delivery whose tag is the lowest one not yet settled is
-// marked, and one goroutine at a time (group commit: no timer, batches form
-// only under load) acks everything below the new frontier with one frame.
-// A delivery above the frontier (an older one is still running or held for
-// its ETA) is acked on its own at once, so a held message never delays
-// other acks. Rejects are always sent on their own, before they are marked,
-// so a multiple ack can never cover a message meant for rejection.
+// of what RabbitMQ and this process spend per message at high rates (a
+// frame and a write each). A multiple ack names the highest acked tag
+// below the frontier, the lowest tag not yet settled, and covers
+// everything below it. One goroutine at a time sends (group commit: the
+// acks that arrive while it writes go in its next frame).
+//
+// An ack above the frontier (an older delivery is still unsettled) is
+// sent on its own at once, unless it came by AckDeferred (the worker's
+// early acks). Then it waits one to two ackDefer ticks: concurrent tasks
+// start a few tags out of order and the older ones settle microseconds
+// later, so the frontier usually passes it and the next multiple ack
+// covers it. What is still above the frontier at the tick (behind a
+// message held for its ETA, a running late-ack task) is acked on its own,
+// so a held message delays other acks by 2*ackDefer at most. Celery's
+// prefork worker acks as late: its parent sends the early ack once the
+// child reports that the task started.
+//
+// Frames are sent in the order decided under mu by the one sending
+// goroutine (or, for an immediate single, before its tag is marked), so a
+// single ack always precedes the multiple ack that also covers it, and a
+// multiple ack never names a tag already acked or rejected (RabbitMQ would
+// close the channel: unknown delivery tag). Rejects are sent by their
+// callers before they are marked, so no multiple ack can cover a message
+// meant for rejection.
 //
 // Settled tags above the frontier are kept as runs, not one by one: every
 // gap between two runs is a delivery still unsettled, so the memory is
 // bounded by the unsettled deliveries (prefetch plus held ETA tasks), not by
 // how many were settled behind one that is held for hours.
 type ackFrontier struct {
+	// send writes basic.ack(tag, multiple); set once before use.
+	send func(tag uint64, multiple bool) error
+
 	mu       sync.Mutex
-	next     uint64  // lowest tag not settled; tags start at 1
-	done     tagRuns // settled tags above next
-	pending  uint64  // highest tag acked at the frontier, not yet sent
-	acked    uint64  // multiple acks sent up to here
-	flushing bool
+	next     uint64   // lowest tag not settled; tags start at 1
+	done     tagRuns  // settled tags above next
+	deferred []uint64 // acked above next since the last tick, not sent yet
+	due      []uint64 // acked above next before the last tick: sent singly at the next
+	expired  bool     // a tick: send due singly
+	timer    *time.Timer
+	pending  uint64 // highest acked tag below next, not sent yet: the next multiple ack names it
+	acked    uint64 // multiple acks sent up to here
+	flushing bool   // a goroutine is sending; the others leave their acks to it
+	idle     sync.Cond
 }
+
+// ackDefer is the tick of the deferral timer: an ack above the frontier
+// waits one to two ticks to be covered by a multiple ack before it is sent
+// on its own.
+const ackDefer = 500 * time.Microsecond
 
 // tagRun is the settled tags lo..hi, inclusive.
 type tagRun struct{ lo, hi uint64 }
@@ -95,9 +125,143 @@ func (f *ackFrontier) markLocked(tag uint64) {
 	}
 }
 
-// mark records a delivery settled by other means (a nack at shutdown).
+// ack records tag acked and sends what is due; an ack above the frontier
+// is deferred only when deferOK (Broker.AckDeferred), else sent at once. It returns the error of a
+// frame this call sent, or nil when another goroutine or a later one sends.
+func (f *ackFrontier) ack(tag uint64, deferOK bool) error {
+	f.mu.Lock()
+	if f.next == 0 {
+		f.next = 1
+	}
+	if tag > f.next && !deferOK {
+		// Sent at once, before it is marked: until then no multiple ack
+		// can cover it, so the frames cannot cross.
+		f.mu.Unlock()
+		if err := f.send(tag, false); err != nil {
+			return err
+		}
+		f.mark(tag)
+		return nil
+	}
+	if tag == f.next {
+		f.markLocked(tag)
+		f.pending = tag
+	} else if tag > f.next {
+		f.markLocked(tag)
+		f.deferred = append(f.deferred, tag)
+		if f.timer == nil {
+			f.timer = time.AfterFunc(ackDefer, f.expire)
+		}
+	}
+	err := f.drainLocked()
+	f.mu.Unlock()
+	return err
+}
+
+// mark records a delivery settled by other means (a reject or nack its
+// caller sent), and sends the acks it may have made due.
 func (f *ackFrontier) mark(tag uint64) {
 	f.mu.Lock()
 	f.markLocked(tag)
+	_ = f.drainLocked()
 	f.mu.Unlock()
+}
+
+// expire is the deferral timer's tick: what was deferred before the last
+// tick and is still above the frontier goes singly; what was deferred
+// since becomes due at the next tick.
+func (f *ackFrontier) expire() {
+	f.mu.Lock()
+	f.timer = nil
+	f.expired = true
+	_ = f.drainLocked()
+	f.mu.Unlock()
+}
+
+// flush sends every ack recorded so far and waits until they are written:
+// before the channel closes, or the broker would redeliver them.
+func (f *ackFrontier) flush() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.timer != nil {
+		f.timer.Stop()
+		f.timer = nil
+	}
+	for f.flushing {
+		f.wait()
+	}
+	f.due = append(f.due, f.deferred...)
+	f.deferred = nil
+	f.expired = true
+	return f.drainLocked()
+}
+
+func (f *ackFrontier) wait() {
+	if f.idle.L == nil {
+		f.idle.L = &f.mu
+	}
+	f.idle.Wait()
+}
+
+// drainLocked sends what is due unless another goroutine is sending (it
+// picks this up). Called and returns with mu held; mu is released while
+// a frame is written.
+func (f *ackFrontier) drainLocked() error {
+	// Deferred acks the frontier has passed are below it now: the next
+	// multiple ack covers them.
+	f.deferred = f.promote(f.deferred)
+	f.due = f.promote(f.due)
+	if f.flushing {
+		return nil
+	}
+	f.flushing = true
+	var first error
+	note := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	for {
+		if f.expired {
+			singles := f.due
+			f.due, f.deferred, f.expired = f.deferred, nil, false
+			if len(f.due) > 0 && f.timer == nil {
+				f.timer = time.AfterFunc(ackDefer, f.expire)
+			}
+			f.mu.Unlock()
+			for _, t := range singles {
+				note(f.send(t, false))
+			}
+			f.mu.Lock()
+			continue
+		}
+		upto := f.pending
+		if upto <= f.acked {
+			break
+		}
+		f.mu.Unlock()
+		err := f.send(upto, true)
+		f.mu.Lock()
+		note(err)
+		f.acked = upto
+	}
+	f.flushing = false
+	if f.idle.L != nil {
+		f.idle.Broadcast()
+	}
+	return first
+}
+
+// promote takes out of tags those the frontier has passed: the next
+// multiple ack covers them, so it names the highest.
+func (f *ackFrontier) promote(tags []uint64) []uint64 {
+	kept := tags[:0]
+	for _, t := range tags {
+		if t < f.next {
+			f.pending = max(f.pending, t)
+		} else {
+			kept = append(kept, t)
+		}
+	}
+	return kept
 }

@@ -14,8 +14,16 @@ import (
 // Acks are coalesced into multiple-acks at the frontier only: a message
 // held unacked (an ETA task) must not delay other acks, a rejected tag must
 // never be named by a multiple-ack (RabbitMQ would close the channel), and
-// concurrent acks must all land.
+// concurrent acks must all land, by Ack or by AckDeferred.
 func TestAckFrontier(t *testing.T) {
+	for _, deferred := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Ack", true: "AckDeferred"}[deferred], func(t *testing.T) {
+			testAckFrontier(t, deferred)
+		})
+	}
+}
+
+func testAckFrontier(t *testing.T, deferred bool) {
 	b := dial(t, Config{})
 	a := newAdmin(t)
 	q := broker.Queue{Name: unique("frontier")}
@@ -40,9 +48,12 @@ func TestAckFrontier(t *testing.T) {
 		go func(i int, d *broker.Delivery) {
 			defer wg.Done()
 			var err error
-			if i%10 == 5 {
+			switch {
+			case i%10 == 5:
 				err = d.Reject(false)
-			} else {
+			case deferred:
+				err = d.AckDeferred()
+			default:
 				err = d.Ack()
 			}
 			if err != nil {
@@ -63,7 +74,7 @@ func TestAckFrontier(t *testing.T) {
 	if string(d.Body) != "after" {
 		t.Fatalf("body %q", d.Body)
 	}
-	if err := d.Ack(); err != nil {
+	if err := d.AckDeferred(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "queue empty", func() bool { return unackedCount(t, q.Name) == 0 && a.messages(q.Name) == 0 })
@@ -87,4 +98,41 @@ func unackedCount(t testing.TB, queue string) int {
 		}
 	}
 	return -1
+}
+
+// Close sends the acks AckDeferred still holds before it closes the
+// connection: deferred acks of tasks that ran must not make RabbitMQ
+// redeliver them. Only the unsettled message comes back.
+func TestCloseSendsDeferredAcks(t *testing.T) {
+	for round := range 5 { // a tick landing before Close would hide a missing flush
+		b := dial(t, Config{})
+		a := newAdmin(t)
+		q := broker.Queue{Name: unique("deferclose")}
+		a.cleanup([]string{q.Name}, []string{q.Name})
+		if err := b.Declare(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+		const n = 20
+		for i := range n {
+			publish(t, b, text(q.Name, strconv.Itoa(i)))
+		}
+		ds := consume(t, b, n, q)
+		var got []*broker.Delivery
+		for range n {
+			got = append(got, recv(t, ds))
+		}
+		for _, d := range got[1:] { // above the frontier, held by got[0]: deferred
+			if err := d.AckDeferred(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the unsettled message requeued", func() bool { return a.messages(q.Name) >= 1 })
+		time.Sleep(100 * time.Millisecond)
+		if m := a.messages(q.Name); m != 1 {
+			t.Fatalf("round %d: %d messages back in the queue after Close, want 1 (deferred acks lost)", round, m)
+		}
+	}
 }

@@ -3,7 +3,10 @@ package amqp
 import (
 	"math/rand/v2"
 	"runtime"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 )
 
 // The runs agree with a plain set of settled tags, whatever the order.
@@ -132,4 +135,141 @@ func BenchmarkAckFrontierHeld(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(heapInUse()-before)/float64(b.N)*1e6/(1<<20), "MB/1M-acks")
 	b.ReportMetric(float64(len(f.done)), "runs")
+}
+
+// ackModel is RabbitMQ's side of one channel's acks: the unacked tags, and
+// the rule that a frame naming a tag no longer unacked closes the channel.
+type ackModel struct {
+	t        *testing.T
+	mu       sync.Mutex
+	unacked  map[uint64]bool
+	frames   int
+	multiple int
+}
+
+func newAckModel(t *testing.T, n int) *ackModel {
+	m := &ackModel{t: t, unacked: map[uint64]bool{}}
+	for tag := uint64(1); tag <= uint64(n); tag++ {
+		m.unacked[tag] = true
+	}
+	return m
+}
+
+func (m *ackModel) send(tag uint64, multiple bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.frames++
+	if !m.unacked[tag] {
+		m.t.Errorf("basic.ack(%d, multiple=%v): unknown delivery tag, the channel would close", tag, multiple)
+		return nil
+	}
+	if !multiple {
+		delete(m.unacked, tag)
+		return nil
+	}
+	m.multiple++
+	for u := range m.unacked {
+		if u <= tag {
+			delete(m.unacked, u)
+		}
+	}
+	return nil
+}
+
+func (m *ackModel) reject(tag uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.unacked[tag] {
+		m.t.Errorf("basic.reject(%d): unknown delivery tag", tag)
+	}
+	delete(m.unacked, tag)
+}
+
+func (m *ackModel) left() []uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var l []uint64
+	for u := range m.unacked {
+		l = append(l, u)
+	}
+	slices.Sort(l)
+	return l
+}
+
+// Concurrent acks and rejects, a few tags out of order as concurrent tasks
+// start them, never break RabbitMQ's rule and all land; deferred ones
+// mostly go in multiple acks, and a held tag delays them by about ackDefer
+// only.
+func TestAckFrontierFrames(t *testing.T) {
+	const n = 4000
+	for _, tc := range []struct {
+		name       string
+		workers    int
+		held       bool // tag 1 is held until the end, as an ETA task
+		rejectEach int  // every rejectEach-th tag is rejected; 0: none
+		now        int  // every now-th tag is acked by Ack, the others by AckDeferred; 1: all by Ack
+		maxFrames  int  // acks must coalesce at least this well
+	}{
+		{name: "one goroutine, nearly in order", workers: 1, maxFrames: n / 3},
+		{name: "8 goroutines", workers: 8, maxFrames: n / 2},
+		{name: "8 goroutines, rejects", workers: 8, rejectEach: 13, maxFrames: n / 2},
+		{name: "8 goroutines, held first tag", workers: 8, held: true, maxFrames: n},
+		{name: "8 goroutines, Ack only, rejects", workers: 8, rejectEach: 13, now: 1, maxFrames: n},
+		{name: "8 goroutines, Ack and AckDeferred, rejects", workers: 8, rejectEach: 13, now: 3, maxFrames: n},
+		{name: "8 goroutines, Ack and AckDeferred, held first tag", workers: 8, held: true, now: 2, maxFrames: n},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newAckModel(t, n)
+			f := &ackFrontier{send: m.send}
+			r := rand.New(rand.NewPCG(3, 4))
+			order := seq(n)
+			for i := range order { // each within 8 of its turn
+				j := min(len(order)-1, i+r.IntN(8))
+				order[i], order[j] = order[j], order[i]
+			}
+			if tc.held {
+				order = slices.DeleteFunc(order, func(tag uint64) bool { return tag == 1 })
+			}
+			work := make(chan uint64)
+			var wg sync.WaitGroup
+			for range tc.workers {
+				wg.Go(func() {
+					for tag := range work {
+						if tc.rejectEach > 0 && tag%uint64(tc.rejectEach) == 0 {
+							m.reject(tag) // sent by the caller, then marked
+							f.mark(tag)
+							continue
+						}
+						_ = f.ack(tag, tc.now == 0 || tag%uint64(tc.now) != 0)
+					}
+				})
+			}
+			for _, tag := range order {
+				work <- tag
+			}
+			close(work)
+			wg.Wait()
+			if tc.held {
+				// Without flush: the deferred acks go out on their own soon.
+				deadline := time.Now().Add(2 * time.Second)
+				for len(m.left()) > 1 && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+				if l := m.left(); len(l) != 1 || l[0] != 1 {
+					t.Fatalf("behind a held tag, %d unacked after 2s, want only tag 1", len(l))
+				}
+				_ = f.ack(1, false)
+			}
+			if err := f.flush(); err != nil {
+				t.Fatal(err)
+			}
+			if l := m.left(); len(l) != 0 {
+				t.Fatalf("%d tags never acked, first %v", len(l), l[:min(5, len(l))])
+			}
+			if m.frames > tc.maxFrames {
+				t.Errorf("%d frames for %d tags, want at most %d", m.frames, n, tc.maxFrames)
+			}
+			t.Logf("%d frames (%d multiple) for %d tags", m.frames, m.multiple, n)
+		})
+	}
 }

@@ -630,11 +630,43 @@ func (b *Broker) retire(cc *consumeChannel) {
 	}
 }
 
+// flushAcks sends the acks the consuming channels still defer (see
+// ackFrontier), waiting at most limit: a broker that stopped reading
+// cannot hold Close.
+func (b *Broker) flushAcks(limit time.Duration) {
+	b.qosMu.Lock()
+	ccs := make([]*consumeChannel, 0, len(b.channels))
+	for cc := range b.channels {
+		ccs = append(ccs, cc)
+	}
+	b.qosMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, cc := range ccs {
+			_ = cc.acks.flush()
+		}
+	}()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
 // Ack acknowledges d: the broker forgets the message. A delivery from a
 // channel that has since been lost returns broker.ErrStaleDelivery: the
 // broker has requeued it and will deliver it again.
 func (b *Broker) Ack(d *broker.Delivery) error {
-	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.ack(tag) })
+	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.acks.ack(tag, false) })
+}
+
+// AckDeferred acknowledges d like Ack, except that an ack above the
+// channel's frontier may wait up to 2*ackDefer (1 ms) to be coalesced into
+// a multiple ack (see ackFrontier). Close sends it first.
+func (b *Broker) AckDeferred(d *broker.Delivery) error {
+	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.acks.ack(tag, true) })
 }
 
 // Reject gives d back to the queue (requeue) or drops it, to the queue's
@@ -657,7 +689,10 @@ func (b *Broker) settle(d *broker.Delivery, op func(*consumeChannel, uint64) err
 	if !ok || ref.cc.b != b {
 		return ErrForeignDelivery
 	}
-	if ref.cc.stale.Load() {
+	// A closed channel's deliveries are requeued by the broker. Checked
+	// here, not left to the frame's error: a deferred ack sends no frame
+	// now, and the caller must still learn that the task is not its to run.
+	if ref.cc.stale.Load() || ref.cc.ch.IsClosed() {
 		return broker.ErrStaleDelivery
 	}
 	if !ref.settled.CompareAndSwap(false, true) {
@@ -742,6 +777,7 @@ func (b *Broker) Close() error {
 			cs = append(cs, c)
 		}
 		b.mu.Unlock()
+		b.flushAcks(time.Second)
 		// The connection goes first: nothing can then block on a broker
 		// that stopped answering.
 		b.conn.shutdown()

@@ -34,50 +34,6 @@ type consumeChannel struct {
 	acks ackFrontier
 }
 
-// ack acknowledges tag as described on ackFrontier.
-func (cc *consumeChannel) ack(tag uint64) error {
-	f := &cc.acks
-	f.mu.Lock()
-	if f.next == 0 {
-		f.next = 1
-	}
-	if tag != f.next {
-		f.mu.Unlock()
-		if err := cc.ch.Ack(tag, false); err != nil {
-			return err
-		}
-		f.mark(tag)
-		return nil
-	}
-	f.markLocked(tag)
-	// The multiple ack must name a tag that is itself still unacked:
-	// RabbitMQ closes the channel on an "unknown delivery tag", and tags
-	// between here and the frontier may have been rejected.
-	f.pending = tag
-	if f.flushing {
-		f.mu.Unlock() // the goroutine flushing now acks this one too
-		return nil
-	}
-	f.flushing = true
-	for {
-		upto := f.pending
-		if upto <= f.acked {
-			f.flushing = false
-			f.mu.Unlock()
-			return nil
-		}
-		f.mu.Unlock()
-		err := cc.ch.Ack(upto, true)
-		f.mu.Lock()
-		if err != nil {
-			f.flushing = false
-			f.mu.Unlock()
-			return err
-		}
-		f.acked = upto
-	}
-}
-
 // reject sends basic.reject for tag, then marks it settled.
 func (cc *consumeChannel) reject(tag uint64, requeue bool) error {
 	if err := cc.ch.Reject(tag, requeue); err != nil {
@@ -156,6 +112,7 @@ func (c *consumer) setup(ctx context.Context, declare bool) (*consumeChannel, []
 		closed:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 		settled: make(chan struct{}, 1),
 	}
+	cc.acks.send = func(tag uint64, multiple bool) error { return ch.Ack(tag, multiple) }
 	fail := func(err error) (*consumeChannel, []subscription, error) {
 		c.b.retire(cc)
 		return nil, nil, err
@@ -294,6 +251,9 @@ func (c *consumer) stop(cc *consumeChannel, subs []subscription) {
 			cc.outstanding.Store(0)
 		}
 	}
+	// Deferred acks go out before the channel closes, or the broker would
+	// redeliver tasks that ran.
+	_ = cc.acks.flush()
 	c.b.retire(cc)
 }
 
