@@ -57,6 +57,12 @@ func (w *Worker) dispatch(ctx context.Context, d *broker.Delivery) {
 		opts.SoftTimeLimit, opts.TimeLimit = soft, hard
 	}
 	j := &job{d: d, req: r, h: h, opts: opts}
+	if d.Redelivered && w.earlyAcked.has(attempt{m.ID, m.Retries}) {
+		w.log.Warn("Received again a task this worker already started: its early ack was lost with the connection; acked, not run twice",
+			"task", m.Name(), "id", m.ID, "retries", m.Retries, "queue", d.Queue)
+		w.ack(d)
+		return
+	}
 	w.observe(TaskReceived, r, nil)
 	if w.expired(j) || w.discardRevoked(j) {
 		return

@@ -121,6 +121,7 @@ func (w *Worker) run(j *job) *ran {
 			w.logSettle("ack", j.d, err)
 		}
 		j.acked = true
+		w.earlyAcked.add(attempt{r.ID, r.Retries})
 	}
 	ignore := r.IgnoreResult || j.opts.IgnoreResult
 	if pick(j.opts.TrackStarted, w.cfg.TrackStarted) && !ignore {

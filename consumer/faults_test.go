@@ -374,3 +374,41 @@ func TestStaticPrefetchIsNotRaised(t *testing.T) {
 		}
 	})
 }
+
+// A redelivered copy of an attempt this worker early-acked lost its ack
+// with the connection: it is acked, not run again (Celery runs it twice).
+// A retry of it (one more retry), a copy of a task never started here,
+// and a late-ack task (at least once) run.
+func TestRedeliveredEarlyAckedCopyNotRunTwice(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		acksLate bool
+		again    *protocol.Message // redelivered after "v1" ran
+		wantRuns int
+	}{
+		{name: "same attempt", again: &protocol.Message{ID: "v1", Task: "victim"}, wantRuns: 1},
+		{name: "its retry", again: &protocol.Message{ID: "v1", Task: "victim", Retries: 1}, wantRuns: 2},
+		{name: "another task", again: &protocol.Message{ID: "other", Task: "victim"}, wantRuns: 2},
+		{name: "late ack", acksLate: true, again: &protocol.Message{ID: "v1", Task: "victim"}, wantRuns: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				mux := consumer.NewMux()
+				var runs atomic.Int32
+				mux.HandleFunc("victim", func(ctx context.Context, r *consumer.Request) (any, error) {
+					runs.Add(1)
+					return nil, nil
+				})
+				b, _, _ := consumertest.StartWorker(t, mux, consumer.Config{Concurrency: 2, AcksLate: tc.acksLate})
+				b.Send(t, "first", &protocol.Message{ID: "v1", Task: "victim"})
+				b.WaitEvent(t, "ack:first")
+				b.Redeliver(t, "again", tc.again)
+				b.WaitEvent(t, "ack:again")
+				synctest.Wait()
+				if n := int(runs.Load()); n != tc.wantRuns {
+					t.Fatalf("handler ran %d times, want %d", n, tc.wantRuns)
+				}
+			})
+		})
+	}
+}

@@ -162,7 +162,8 @@ type Worker struct {
 	finishSlots chan struct{}  // bounds the tasks finishing off their slot (see execute)
 	finishing   sync.WaitGroup // those tasks
 
-	eta *etaHeld
+	eta        *etaHeld
+	earlyAcked earlyAckedSet // attempts early-acked here, for redelivered copies
 
 	consuming atomic.Bool // between a successful Consume and the end of the dispatch loop
 	active    atomic.Int64

@@ -164,6 +164,17 @@ func (b *Broker) Send(t TB, tag string, m *protocol.Message) {
 	b.SendRaw(tag, raw)
 }
 
+// Redeliver delivers m with Redelivered set, as a broker delivers again a
+// message whose channel was lost before its ack arrived.
+func (b *Broker) Redeliver(t TB, tag string, m *protocol.Message) {
+	t.Helper()
+	raw, err := protocol.Encode(m)
+	if err != nil {
+		t.Fatalf("consumertest: encoding %s: %v", m.ID, err)
+	}
+	b.ch <- &broker.Delivery{Raw: *raw, Queue: "q", RoutingKey: "q", Tag: tag, Acker: b, Redelivered: true}
+}
+
 // SendRaw delivers raw as it is (malformed messages included).
 func (b *Broker) SendRaw(tag string, raw *protocol.Raw) {
 	b.ch <- &broker.Delivery{Raw: *raw, Queue: "q", RoutingKey: "q", Tag: tag, Acker: b}
