@@ -24,22 +24,7 @@ func TestAckFrontier(t *testing.T) {
 }
 
 func testAckFrontier(t *testing.T, deferred bool) {
-	b := dial(t, Config{})
-	a := newAdmin(t)
-	q := broker.Queue{Name: unique("frontier")}
-	a.cleanup([]string{q.Name}, []string{q.Name})
-	if err := b.Declare(context.Background(), q); err != nil {
-		t.Fatal(err)
-	}
-	const n = 40
-	for i := range n {
-		publish(t, b, text(q.Name, strconv.Itoa(i)))
-	}
-	ds := consume(t, b, n, q)
-	var got []*broker.Delivery
-	for range n {
-		got = append(got, recv(t, ds))
-	}
+	b, a, q, ds, got := received(t, "frontier", 40)
 	held := got[0] // the frontier stays here while the others settle
 	// Reject a few in the middle, ack the rest concurrently.
 	var wg sync.WaitGroup
@@ -105,22 +90,7 @@ func unackedCount(t testing.TB, queue string) int {
 // redeliver them. Only the unsettled message comes back.
 func TestCloseSendsDeferredAcks(t *testing.T) {
 	for round := range 5 { // a tick landing before Close would hide a missing flush
-		b := dial(t, Config{})
-		a := newAdmin(t)
-		q := broker.Queue{Name: unique("deferclose")}
-		a.cleanup([]string{q.Name}, []string{q.Name})
-		if err := b.Declare(context.Background(), q); err != nil {
-			t.Fatal(err)
-		}
-		const n = 20
-		for i := range n {
-			publish(t, b, text(q.Name, strconv.Itoa(i)))
-		}
-		ds := consume(t, b, n, q)
-		var got []*broker.Delivery
-		for range n {
-			got = append(got, recv(t, ds))
-		}
+		b, a, q, _, got := received(t, "deferclose", 20)
 		for _, d := range got[1:] { // above the frontier, held by got[0]: deferred
 			if err := d.AckDeferred(); err != nil {
 				t.Fatal(err)
@@ -135,4 +105,26 @@ func TestCloseSendsDeferredAcks(t *testing.T) {
 			t.Fatalf("round %d: %d messages back in the queue after Close, want 1 (deferred acks lost)", round, m)
 		}
 	}
+}
+
+// received declares a fresh queue, publishes n messages to it and receives
+// them all unsettled, with prefetch n.
+func received(t *testing.T, prefix string, n int) (*Broker, *admin, broker.Queue, <-chan *broker.Delivery, []*broker.Delivery) {
+	t.Helper()
+	b := dial(t, Config{})
+	a := newAdmin(t)
+	q := broker.Queue{Name: unique(prefix)}
+	a.cleanup([]string{q.Name}, []string{q.Name})
+	if err := b.Declare(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		publish(t, b, text(q.Name, strconv.Itoa(i)))
+	}
+	ds := consume(t, b, n, q)
+	got := make([]*broker.Delivery, 0, n)
+	for range n {
+		got = append(got, recv(t, ds))
+	}
+	return b, a, q, ds, got
 }

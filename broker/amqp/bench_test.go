@@ -77,22 +77,7 @@ func BenchmarkConsumeAck(b *testing.B) {
 	br := dial(b, Config{GlobalQoS: true})
 	q := benchQueue(b, br)
 	p := benchMessage(b, q.Name)
-	ctx := context.Background()
-	// Publish b.N messages, 64 in flight at a time.
-	sem := make(chan struct{}, 64)
-	errs := make(chan error, b.N)
-	for range b.N {
-		sem <- struct{}{}
-		go func() {
-			errs <- br.Publish(ctx, p)
-			<-sem
-		}()
-	}
-	for range b.N {
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
-	}
+	prefill(b, br, p)
 	b.ReportAllocs()
 	b.ResetTimer()
 	ds := consume(b, br, 64, q)
@@ -116,21 +101,7 @@ func BenchmarkConsumeAckParallel(b *testing.B) {
 			br := dial(b, Config{GlobalQoS: true})
 			q := benchQueue(b, br)
 			p := benchMessage(b, q.Name)
-			ctx := context.Background()
-			sem := make(chan struct{}, 64)
-			errs := make(chan error, b.N)
-			for range b.N {
-				sem <- struct{}{}
-				go func() {
-					errs <- br.Publish(ctx, p)
-					<-sem
-				}()
-			}
-			for range b.N {
-				if err := <-errs; err != nil {
-					b.Fatal(err)
-				}
-			}
+			prefill(b, br, p)
 			b.ReportAllocs()
 			b.ResetTimer()
 			cpu0 := cpuTime()
@@ -171,4 +142,24 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// prefill publishes b.N copies of p, 64 in flight at a time.
+func prefill(b *testing.B, br *Broker, p broker.Publishing) {
+	b.Helper()
+	ctx := context.Background()
+	sem := make(chan struct{}, 64)
+	errs := make(chan error, b.N)
+	for range b.N {
+		sem <- struct{}{}
+		go func() {
+			errs <- br.Publish(ctx, p)
+			<-sem
+		}()
+	}
+	for range b.N {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
 }

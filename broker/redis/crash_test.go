@@ -67,15 +67,7 @@ func crashedConsumer(t *testing.T, db int, prefix, queue string, vt time.Duratio
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		helperEnv+"=1",
-		helperEnv+"_DB="+strconv.Itoa(db),
-		helperEnv+"_VT="+vt.String(),
-		helperEnv+"_PREFIX="+prefix,
-		helperEnv+"_QUEUE="+queue,
-	)
-	cmd.Stderr = os.Stderr
+	cmd := helperCommand(ctx, db, prefix, queue, vt)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -94,4 +86,22 @@ func crashedConsumer(t *testing.T, db int, prefix, queue string, vt time.Duratio
 	}
 	_ = cmd.Wait()
 	return strings.TrimSpace(line)
+}
+
+// helperCommand is the helper process consuming queue, with more
+// helperEnv_* settings in extra ("KILL_AT=popped").
+func helperCommand(ctx context.Context, db int, prefix, queue string, vt time.Duration, extra ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		helperEnv+"=1",
+		helperEnv+"_DB="+strconv.Itoa(db),
+		helperEnv+"_VT="+vt.String(),
+		helperEnv+"_PREFIX="+prefix,
+		helperEnv+"_QUEUE="+queue,
+	)
+	for _, e := range extra {
+		cmd.Env = append(cmd.Env, helperEnv+"_"+e)
+	}
+	cmd.Stderr = os.Stderr
+	return cmd
 }

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -287,16 +285,7 @@ func killedAtPop(t *testing.T, db int, prefix, queue string, then func()) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		helperEnv+"=1",
-		helperEnv+"_DB="+strconv.Itoa(db),
-		helperEnv+"_VT=1h",
-		helperEnv+"_PREFIX="+prefix,
-		helperEnv+"_QUEUE="+queue,
-		helperEnv+"_KILL_AT=popped",
-	)
-	cmd.Stderr = os.Stderr
+	cmd := helperCommand(ctx, db, prefix, queue, time.Hour, "KILL_AT=popped")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

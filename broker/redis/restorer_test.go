@@ -3,9 +3,6 @@ package redis
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,17 +165,7 @@ func TestRestoreAfterScannerKilled(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		helperEnv+"=1",
-		helperEnv+"_DB="+strconv.Itoa(testDB),
-		helperEnv+"_VT="+vt.String(),
-		helperEnv+"_PREFIX="+pfx,
-		helperEnv+"_QUEUE=other",
-		helperEnv+"_KILL_AT=restore-locked",
-		helperEnv+"_MUTEX_EXPIRE="+expire.String(),
-	)
-	cmd.Stderr = os.Stderr
+	cmd := helperCommand(ctx, testDB, pfx, "other", vt, "KILL_AT=restore-locked", "MUTEX_EXPIRE="+expire.String())
 	if err := cmd.Run(); err == nil {
 		t.Fatal("helper exited cleanly; want it killed in its scan")
 	}
