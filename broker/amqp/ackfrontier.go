@@ -3,6 +3,7 @@ package amqp
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,16 +14,21 @@ import (
 // everything below it. One goroutine at a time sends (group commit: the
 // acks that arrive while it writes go in its next frame).
 //
-// An ack above the frontier (an older delivery is still unsettled) is
-// sent on its own at once, unless it came by AckDeferred (the worker's
-// early acks). Then it waits one to two ackDefer ticks: concurrent tasks
-// start a few tags out of order and the older ones settle microseconds
-// later, so the frontier usually passes it and the next multiple ack
-// covers it. What is still above the frontier at the tick (behind a
-// message held for its ETA, a running late-ack task) is acked on its own,
-// so a held message delays other acks by 2*ackDefer at most. Celery's
-// prefork worker acks as late: its parent sends the early ack once the
-// child reports that the task started.
+// An ack sent by Ack goes out at once: at the frontier in the next
+// multiple ack, above it (an older delivery is still unsettled) on its
+// own. An ack sent by AckDeferred (the worker's early acks) may wait:
+//   - at the frontier, until a quarter of the prefetch window has
+//     gathered (so the window never runs dry; with prefetch 1 or 2, at
+//     once) or the next ackDefer tick;
+//   - above it, one to two ticks: concurrent tasks start a few tags out of
+//     order and the older ones settle microseconds later, so the frontier
+//     usually passes it and a multiple ack covers it. What is still above
+//     the frontier then (behind a message held for its ETA, a running
+//     late-ack task) is acked on its own, so a held message delays other
+//     acks by 2*ackDefer at most.
+//
+// Celery's prefork worker acks as late: its parent sends the early ack
+// once the child reports that the task started.
 //
 // Frames are sent in the order decided under mu by the one sending
 // goroutine (or, for an immediate single, before its tag is marked), so a
@@ -47,9 +53,12 @@ type ackFrontier struct {
 	due      []uint64 // acked above next before the last tick: sent singly at the next
 	expired  bool     // a tick: send due singly
 	timer    *time.Timer
-	pending  uint64 // highest acked tag below next, not sent yet: the next multiple ack names it
-	acked    uint64 // multiple acks sent up to here
-	flushing bool   // a goroutine is sending; the others leave their acks to it
+	pending  uint64       // highest acked tag below next, not sent yet: the next multiple ack names it
+	hold     bool         // pending holds deferred acks only: it may wait for the tick or a batch
+	held     int          // deferred acks pending
+	window   atomic.Int64 // the channel's prefetch (0: unlimited), which bounds held
+	acked    uint64       // multiple acks sent up to here
+	flushing bool         // a goroutine is sending; the others leave their acks to it
 	idle     sync.Cond
 }
 
@@ -145,7 +154,11 @@ func (f *ackFrontier) ack(tag uint64, deferOK bool) error {
 	}
 	if tag == f.next {
 		f.markLocked(tag)
+		f.hold = deferOK && (f.hold || f.pending <= f.acked)
 		f.pending = tag
+		if deferOK {
+			f.held++
+		}
 	} else if tag > f.next {
 		f.markLocked(tag)
 		f.deferred = append(f.deferred, tag)
@@ -193,6 +206,7 @@ func (f *ackFrontier) flush() error {
 	f.due = append(f.due, f.deferred...)
 	f.deferred = nil
 	f.expired = true
+	f.hold = false
 	return f.drainLocked()
 }
 
@@ -225,6 +239,7 @@ func (f *ackFrontier) drainLocked() error {
 		if f.expired {
 			singles := f.due
 			f.due, f.deferred, f.expired = f.deferred, nil, false
+			f.hold = false // the tick sends the held frontier acks too
 			if len(f.due) > 0 && f.timer == nil {
 				f.timer = time.AfterFunc(ackDefer, f.expire)
 			}
@@ -239,11 +254,18 @@ func (f *ackFrontier) drainLocked() error {
 		if upto <= f.acked {
 			break
 		}
+		if f.hold && f.held < f.batch() {
+			if f.timer == nil {
+				f.timer = time.AfterFunc(ackDefer, f.expire)
+			}
+			break
+		}
 		f.mu.Unlock()
 		err := f.send(upto, true)
 		f.mu.Lock()
 		note(err)
 		f.acked = upto
+		f.held = 0
 	}
 	f.flushing = false
 	if f.idle.L != nil {
@@ -252,13 +274,28 @@ func (f *ackFrontier) drainLocked() error {
 	return first
 }
 
+// batch is how many deferred acks a multiple ack waits for before the
+// tick: a quarter of the prefetch, so the window RabbitMQ counts the
+// unacked against never runs dry (1 with prefetch 1 or 2: at once).
+func (f *ackFrontier) batch() int {
+	w := int(f.window.Load())
+	if w <= 0 {
+		return 16
+	}
+	return max(1, w/4)
+}
+
 // promote takes out of tags those the frontier has passed: the next
 // multiple ack covers them, so it names the highest.
 func (f *ackFrontier) promote(tags []uint64) []uint64 {
 	kept := tags[:0]
 	for _, t := range tags {
 		if t < f.next {
+			if f.pending <= f.acked {
+				f.hold = true
+			}
 			f.pending = max(f.pending, t)
+			f.held++
 		} else {
 			kept = append(kept, t)
 		}

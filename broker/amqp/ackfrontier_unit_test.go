@@ -273,3 +273,34 @@ func TestAckFrontierFrames(t *testing.T) {
 		})
 	}
 }
+
+// Deferred frontier acks wait for a quarter of the prefetch window or the
+// tick: with prefetch 1 each goes at once (the broker sends nothing more
+// until it arrives); with prefetch 32 a few go together after the tick,
+// with no flush.
+func TestAckFrontierDeferredWindow(t *testing.T) {
+	m := newAckModel(t, 100)
+	f := &ackFrontier{send: m.send}
+	f.window.Store(1)
+	for tag := uint64(1); tag <= 50; tag++ {
+		_ = f.ack(tag, true)
+		if l := m.left(); len(l) > 0 && l[0] <= tag {
+			t.Fatalf("prefetch 1: tag %d still unacked after its ack", tag)
+		}
+	}
+	f.window.Store(32)
+	frames := m.frames
+	for tag := uint64(51); tag <= 55; tag++ {
+		_ = f.ack(tag, true)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for len(m.left()) > 45 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if l := m.left(); len(l) != 45 || l[0] != 56 {
+		t.Fatalf("prefetch 32: after the tick %d unacked (first %v), want 56..100", len(l), l[:min(1, len(l))])
+	}
+	if m.frames-frames != 1 {
+		t.Errorf("prefetch 32: 5 deferred acks went in %d frames, want 1", m.frames-frames)
+	}
+}

@@ -598,6 +598,7 @@ func (b *Broker) SetPrefetch(n int) error {
 			continue
 		}
 		cc.applied = n
+		cc.acks.window.Store(int64(n))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("amqp: set prefetch %d: %w", n, err)
@@ -614,6 +615,7 @@ func (b *Broker) applyPrefetch(cc *consumeChannel) error {
 		return fmt.Errorf("amqp: basic.qos %d: %w", b.prefetch, err)
 	}
 	cc.applied = b.prefetch
+	cc.acks.window.Store(int64(b.prefetch))
 	b.channels[cc] = struct{}{}
 	return nil
 }
@@ -662,9 +664,9 @@ func (b *Broker) Ack(d *broker.Delivery) error {
 	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.acks.ack(tag, false) })
 }
 
-// AckDeferred acknowledges d like Ack, except that an ack above the
-// channel's frontier may wait up to 2*ackDefer (1 ms) to be coalesced into
-// a multiple ack (see ackFrontier). Close sends it first.
+// AckDeferred acknowledges d like Ack, except that the ack may wait up to
+// 2*ackDefer (1 ms) to be coalesced with others into one multiple ack
+// (see ackFrontier). Close sends it first.
 func (b *Broker) AckDeferred(d *broker.Delivery) error {
 	return b.settle(d, func(cc *consumeChannel, tag uint64) error { return cc.acks.ack(tag, true) })
 }
