@@ -65,9 +65,10 @@ type Queue struct {
 	// Bindings, when set, are the queue's bindings exactly as kombu makes
 	// them, in this order, instead of the one binding Exchange and Key()
 	// imply: a key is taken verbatim (even ""), each exchange is declared
-	// as given. A kombu.Queue with an exchange and bindings= has both.
-	// Transports without bindings of their own (Redis) use Exchange and
-	// Key() only.
+	// as given. A kombu.Queue with an exchange and bindings= has both. On
+	// Redis each is a member of its exchange's binding set, as kombu's
+	// queue_bind writes it; only direct and topic ones besides the
+	// queue's own exchange.
 	Bindings []Binding
 }
 

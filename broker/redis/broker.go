@@ -359,12 +359,48 @@ func (b *Broker) resolve(qs []broker.Queue) []broker.Queue {
 		if q.ExchangeType == "" {
 			q.ExchangeType = b.exchanges[q.ExchangeName()]
 		}
+		if len(q.Bindings) > 0 {
+			q.Bindings = slices.Clone(q.Bindings)
+			for j, bd := range q.Bindings {
+				if bd.Exchange.Kind == "" {
+					q.Bindings[j].Exchange.Kind = b.exchanges[bd.Exchange.Name]
+				}
+			}
+		}
 		out[i] = q
 	}
 	return out
 }
 
-// Declare records each queue's binding as kombu's queue_bind does:
+// redisBinding is one binding as kombu's queue_bind writes it on Redis.
+type redisBinding struct{ exchange, kind, key string }
+
+// bindingsOf returns q's bindings: the one its exchange and routing key
+// make, then those of q.Bindings that bind it elsewhere (kombu's
+// Queue.declare calls queue_bind for each; on Redis each is a member of
+// its exchange's binding set). Bindings to the default exchange need no
+// member: it routes by queue name.
+func bindingsOf(q broker.Queue) []redisBinding {
+	out := []redisBinding{{q.ExchangeName(), q.Kind(), q.Key()}}
+	for _, bd := range q.Bindings {
+		if bd.Exchange.Name == "" {
+			continue
+		}
+		kind := bd.Exchange.Kind
+		if kind == "" {
+			kind = "direct"
+		}
+		rb := redisBinding{bd.Exchange.Name, kind, bd.RoutingKey}
+		if !slices.Contains(out, rb) {
+			out = append(out, rb)
+		}
+	}
+	return out
+}
+
+// Declare records each queue's bindings (its exchange's, then those of
+// Bindings that bind it to other direct or topic exchanges) as kombu's
+// queue_bind does:
 // SADD _kombu.binding.<exchange> "<routing key>\x06\x16<pattern>\x06\x16<queue>"
 // (pattern: the topic regex for a topic exchange, else empty; the routing
 // key of a fanout queue defaults to "", see broker.Queue.Key) and, as
@@ -390,6 +426,11 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 		if k := q.Kind(); k != "direct" && k != "topic" && k != "fanout" {
 			return fmt.Errorf("redis: declare queue %q: exchange type %q not supported (direct, topic, fanout)", q.Name, k)
 		}
+		for _, bd := range bindingsOf(q)[1:] {
+			if bd.kind != "direct" && bd.kind != "topic" {
+				return fmt.Errorf("redis: declare queue %q: binding to %s exchange %q: only direct and topic bindings are supported besides the queue's own exchange", q.Name, bd.kind, bd.exchange)
+			}
+		}
 	}
 	err := b.retry(ctx, func(ctx context.Context) error {
 		return b.bind(ctx, qs)
@@ -400,7 +441,9 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, q := range qs {
-		b.exchanges[q.ExchangeName()] = q.Kind()
+		for _, bd := range bindingsOf(q) {
+			b.exchanges[bd.exchange] = bd.kind
+		}
 		if q.AutoDelete && q.Kind() == "fanout" && !slices.ContainsFunc(b.autoDel, func(o broker.Queue) bool {
 			return o.Name == q.Name && o.ExchangeName() == q.ExchangeName() && o.Key() == q.Key()
 		}) {
@@ -414,20 +457,22 @@ func (b *Broker) Declare(ctx context.Context, qs ...broker.Queue) error {
 func (b *Broker) bind(ctx context.Context, qs []broker.Queue) error {
 	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for _, q := range qs {
-			pattern := ""
-			if q.Kind() == "topic" {
-				pattern = topicPattern(q.Key())
+			for _, bd := range bindingsOf(q) {
+				pattern := ""
+				if bd.kind == "topic" {
+					pattern = topicPattern(bd.key)
+				}
+				m := bindingMember(bd.key, pattern, q.Name)
+				if ms, ok := queueExpiry(q); ok {
+					// Eval, not EvalSha: in a transaction a NOSCRIPT reply
+					// comes too late to fall back.
+					refreshBindingScript.Eval(ctx, p, []string{b.keys.binding(bd.exchange), b.keys.bindingDeadlines()},
+						m, bd.exchange, bindingTTL(ms))
+					continue
+				}
+				p.SAdd(ctx, b.keys.binding(bd.exchange), m)
+				p.SAdd(ctx, b.keys.permanent(bd.exchange), m)
 			}
-			m := bindingMember(q.Key(), pattern, q.Name)
-			if ms, ok := queueExpiry(q); ok {
-				// Eval, not EvalSha: in a transaction a NOSCRIPT reply
-				// comes too late to fall back.
-				refreshBindingScript.Eval(ctx, p, []string{b.keys.binding(q.ExchangeName()), b.keys.bindingDeadlines()},
-					m, q.ExchangeName(), bindingTTL(ms))
-				continue
-			}
-			p.SAdd(ctx, b.keys.binding(q.ExchangeName()), m)
-			p.SAdd(ctx, b.keys.permanent(q.ExchangeName()), m)
 		}
 		return nil
 	})
