@@ -59,14 +59,14 @@ func (w *Worker) execute(j *job) {
 		w.finished()
 		return
 	}
-	w.finishSlots <- struct{}{} // full: this slot waits, as it did before
-	w.finishing.Add(1)
-	go func() {
-		defer w.finishing.Done()
-		w.conclude(j, c)
-		<-w.finishSlots
-		w.finished()
-	}()
+	w.finishQ <- finishJob{j, c} // every finisher busy: this slot waits, as it did before
+}
+
+// finishJob is an early-acked task whose handler returned, for a finisher
+// to conclude.
+type finishJob struct {
+	j *job
+	c *ran
 }
 
 func (w *Worker) finished() {

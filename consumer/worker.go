@@ -159,8 +159,8 @@ type Worker struct {
 	concurrency int
 	prefetch    int
 	jobs        chan *job
-	finishSlots chan struct{}  // bounds the tasks finishing off their slot (see execute)
-	finishing   sync.WaitGroup // those tasks
+	finishQ     chan finishJob // to the finishers: early-acked tasks finishing off their slot (see execute)
+	finishing   sync.WaitGroup // the finishers
 
 	eta        *etaHeld
 	earlyAcked earlyAckedSet // attempts early-acked here, for redelivered copies
@@ -250,7 +250,7 @@ func New(b Broker, backend Backend, mux *Mux, cfg Config) (*Worker, error) {
 		w.prefetch = w.concurrency * m
 	}
 	w.jobs = make(chan *job)
-	w.finishSlots = make(chan struct{}, max(w.prefetch, w.concurrency))
+	w.finishQ = make(chan finishJob)
 	w.eta = newETAHeld(w)
 	return w, nil
 }
@@ -315,6 +315,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker ready", "hostname", w.cfg.Hostname, "queues", names,
 		"concurrency", w.concurrency, "prefetch", w.prefetch, "tasks", w.mux.Names())
 
+	// The finishers live as long as Run, so their stacks stay grown: a
+	// goroutine per task grew a fresh stack through the result store's
+	// deep calls every time (11% of the worker's CPU with Redis results).
+	for range max(w.prefetch, w.concurrency) {
+		w.finishing.Go(func() {
+			for f := range w.finishQ {
+				w.conclude(f.j, f.c)
+				w.finished()
+			}
+		})
+	}
 	var pool sync.WaitGroup
 	for range w.concurrency {
 		pool.Add(1)
@@ -354,6 +365,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		pool.Wait()
+		close(w.finishQ)
 		w.finishing.Wait()
 		close(done)
 	}()
