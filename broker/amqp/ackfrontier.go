@@ -162,9 +162,7 @@ func (f *ackFrontier) ack(tag uint64, deferOK bool) error {
 	} else if tag > f.next {
 		f.markLocked(tag)
 		f.deferred = append(f.deferred, tag)
-		if f.timer == nil {
-			f.timer = time.AfterFunc(ackDefer, f.expire)
-		}
+		f.armLocked()
 	}
 	err := f.drainLocked()
 	f.mu.Unlock()
@@ -178,6 +176,13 @@ func (f *ackFrontier) mark(tag uint64) {
 	f.markLocked(tag)
 	_ = f.drainLocked()
 	f.mu.Unlock()
+}
+
+// armLocked starts the deferral timer unless it runs.
+func (f *ackFrontier) armLocked() {
+	if f.timer == nil {
+		f.timer = time.AfterFunc(ackDefer, f.expire)
+	}
 }
 
 // expire is the deferral timer's tick: what was deferred before the last
@@ -240,8 +245,8 @@ func (f *ackFrontier) drainLocked() error {
 			singles := f.due
 			f.due, f.deferred, f.expired = f.deferred, nil, false
 			f.hold = false // the tick sends the held frontier acks too
-			if len(f.due) > 0 && f.timer == nil {
-				f.timer = time.AfterFunc(ackDefer, f.expire)
+			if len(f.due) > 0 {
+				f.armLocked()
 			}
 			f.mu.Unlock()
 			for _, t := range singles {
@@ -255,9 +260,7 @@ func (f *ackFrontier) drainLocked() error {
 			break
 		}
 		if f.hold && f.held < f.batch() {
-			if f.timer == nil {
-				f.timer = time.AfterFunc(ackDefer, f.expire)
-			}
+			f.armLocked()
 			break
 		}
 		f.mu.Unlock()
@@ -268,9 +271,7 @@ func (f *ackFrontier) drainLocked() error {
 		f.held = 0
 	}
 	f.flushing = false
-	if f.idle.L != nil {
-		f.idle.Broadcast()
-	}
+	f.idle.Broadcast() // flush may wait; Broadcast needs no L
 	return first
 }
 

@@ -74,21 +74,7 @@ func BenchmarkPublishConfirmParallel(b *testing.B) {
 // BenchmarkConsumeAck drains b.N pre-published messages with manual acks
 // and prefetch 64, converting each delivery as a worker receives it.
 func BenchmarkConsumeAck(b *testing.B) {
-	br := dial(b, Config{GlobalQoS: true})
-	q := benchQueue(b, br)
-	p := benchMessage(b, q.Name)
-	prefill(b, br, p)
-	b.ReportAllocs()
-	b.ResetTimer()
-	ds := consume(b, br, 64, q)
-	for range b.N {
-		d := <-ds
-		if err := d.Ack(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	drainBench(b, 1, (*broker.Delivery).Ack)
 }
 
 // BenchmarkConsumeAckParallel drains b.N messages with eight goroutines
@@ -96,42 +82,38 @@ func BenchmarkConsumeAck(b *testing.B) {
 // Ack sends those above the frontier one frame each; AckDeferred lets a
 // multiple ack cover them.
 func BenchmarkConsumeAckParallel(b *testing.B) {
-	for _, deferred := range []bool{false, true} {
-		b.Run(map[bool]string{false: "Ack", true: "AckDeferred"}[deferred], func(b *testing.B) {
-			br := dial(b, Config{GlobalQoS: true})
-			q := benchQueue(b, br)
-			p := benchMessage(b, q.Name)
-			prefill(b, br, p)
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := cpuTime()
-			ds := consume(b, br, 64, q)
-			var left atomic.Int64
-			left.Store(int64(b.N))
-			var wg sync.WaitGroup
-			for range 8 {
-				wg.Go(func() {
-					for left.Add(-1) >= 0 {
-						d := <-ds
-						var err error
-						if deferred {
-							err = d.AckDeferred()
-						} else {
-							err = d.Ack()
-						}
-						if err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
+	b.Run("Ack", func(b *testing.B) { drainBench(b, 8, (*broker.Delivery).Ack) })
+	b.Run("AckDeferred", func(b *testing.B) { drainBench(b, 8, (*broker.Delivery).AckDeferred) })
+}
+
+// drainBench publishes b.N messages, then times workers goroutines
+// receiving and settling them with ack, and reports messages/s and the
+// client's CPU per message.
+func drainBench(b *testing.B, workers int, ack func(*broker.Delivery) error) {
+	br := dial(b, Config{GlobalQoS: true})
+	q := benchQueue(b, br)
+	prefill(b, br, benchMessage(b, q.Name))
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	ds := consume(b, br, 64, q)
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for left.Add(-1) >= 0 {
+				if err := ack(<-ds); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-			wg.Wait()
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1000/float64(b.N), "cpu-µs/msg")
 		})
 	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1000/float64(b.N), "cpu-µs/msg")
 }
 
 // cpuTime is this process's CPU time (user and system): the client's
